@@ -1,0 +1,183 @@
+//! A Rust client of the chatmesh gateway, speaking the seed's protocol: protobuf bodies over
+//! `POST /service/...`, and the notification WebSocket. The end-to-end tests and the load tools
+//! use it; it knows nothing of the server's code.
+
+use std::time::Duration;
+
+use chatmesh_proto::*;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP status {0}")]
+    Status(reqwest::StatusCode),
+    #[error("response is not protobuf: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("server refused: {0}")]
+    Refused(String),
+    #[error("WebSocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+/// One client of one gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    ws_base: String,
+}
+
+impl Client {
+    /// `http_base` like `http://127.0.0.1:9000`; `ws_base` like `ws://127.0.0.1:9001`.
+    pub fn new(http_base: &str, ws_base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client"),
+            base: http_base.trim_end_matches('/').to_string(),
+            ws_base: ws_base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Posts raw bytes with a content type; the status and body as they came.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
+        let rsp = self.http.post(format!("{}{path}", self.base)).header("content-type", content_type).body(body).send().await?;
+        Ok((rsp.status().as_u16(), rsp.bytes().await?.to_vec()))
+    }
+
+    /// Sends `req` to `path` and decodes the response, whatever its `success`.
+    pub async fn call<Req: Message, Rsp: Message + Default>(&self, path: &str, req: &Req) -> Result<Rsp, ClientError> {
+        let (status, body) = self.post_raw(path, "application/x-protobuf", req.encode_to_vec()).await?;
+        if status != 200 {
+            return Err(ClientError::Status(reqwest::StatusCode::from_u16(status).unwrap_or_default()));
+        }
+        Ok(Rsp::decode(body.as_slice())?)
+    }
+
+    /// Like [`Client::call`], but `success=false` is an error carrying `errmsg`.
+    pub async fn ok<Req: Message, Rsp: Reply>(&self, path: &str, req: &Req) -> Result<Rsp, ClientError> {
+        let rsp: Rsp = self.call(path, req).await?;
+        if rsp.success() { Ok(rsp) } else { Err(ClientError::Refused(rsp.errmsg().to_string())) }
+    }
+
+    pub async fn register(&self, nickname: &str, password: &str) -> Result<(), ClientError> {
+        let req = UserRegisterReq { request_id: rid(), nickname: nickname.into(), password: password.into(), ..Default::default() };
+        self.ok::<_, UserRegisterRsp>("/service/user/username_register", &req).await.map(drop)
+    }
+
+    /// Logs in by nickname and password; returns the login session id.
+    pub async fn login(&self, nickname: &str, password: &str) -> Result<String, ClientError> {
+        let req = UserLoginReq { request_id: rid(), nickname: nickname.into(), password: password.into(), ..Default::default() };
+        Ok(self.ok::<_, UserLoginRsp>("/service/user/username_login", &req).await?.login_session_id)
+    }
+
+    /// Asks for an SMS code; returns the verify code id.
+    pub async fn phone_code(&self, phone: &str) -> Result<String, ClientError> {
+        let req = PhoneVerifyCodeReq { request_id: rid(), phone_number: phone.into() };
+        Ok(self.ok::<_, PhoneVerifyCodeRsp>("/service/user/get_phone_verify_code", &req).await?.verify_code_id)
+    }
+
+    pub async fn phone_register(&self, phone: &str, code_id: &str, code: &str) -> Result<(), ClientError> {
+        let req = PhoneRegisterReq { request_id: rid(), phone_number: phone.into(), verify_code_id: code_id.into(), verify_code: code.into() };
+        self.ok::<_, PhoneRegisterRsp>("/service/user/phone_register", &req).await.map(drop)
+    }
+
+    pub async fn phone_login(&self, phone: &str, code_id: &str, code: &str) -> Result<String, ClientError> {
+        let req = PhoneLoginReq { request_id: rid(), phone_number: phone.into(), verify_code_id: code_id.into(), verify_code: code.into() };
+        Ok(self.ok::<_, PhoneLoginRsp>("/service/user/phone_login", &req).await?.login_session_id)
+    }
+
+    pub async fn user_info(&self, session: &str) -> Result<UserInfo, ClientError> {
+        let req = GetUserInfoReq { request_id: rid(), session_id: Some(session.into()), user_id: None };
+        Ok(self.ok::<_, GetUserInfoRsp>("/service/user/get_user_info", &req).await?.user_info.unwrap_or_default())
+    }
+
+    pub async fn put_file(&self, session: &str, name: &str, content: Vec<u8>) -> Result<String, ClientError> {
+        let req = PutSingleFileReq {
+            request_id: rid(),
+            session_id: Some(session.into()),
+            file_data: Some(FileUploadData { file_name: name.into(), file_size: content.len() as i64, file_content: content }),
+            ..Default::default()
+        };
+        let rsp: PutSingleFileRsp = self.ok("/service/file/put_single_file", &req).await?;
+        Ok(rsp.file_info.and_then(|f| f.file_id).unwrap_or_default())
+    }
+
+    pub async fn get_file(&self, session: &str, file_id: &str) -> Result<Vec<u8>, ClientError> {
+        let req = GetSingleFileReq { request_id: rid(), file_id: file_id.into(), session_id: Some(session.into()), user_id: None };
+        let rsp: GetSingleFileRsp = self.ok("/service/file/get_single_file", &req).await?;
+        Ok(rsp.file_data.map(|f| f.file_content).unwrap_or_default())
+    }
+
+    /// Opens the notification WebSocket at `path` and authenticates with `session`.
+    pub async fn notifications(&self, path: &str, session: &str) -> Result<Notifications, ClientError> {
+        let mut socket = self.websocket(&self.ws_base, path).await?;
+        let auth = ClientAuthenticationReq { request_id: rid(), session_id: session.into() };
+        socket.send_raw(auth.encode_to_vec()).await?;
+        Ok(socket)
+    }
+
+    /// Opens a WebSocket without authenticating: `base` is the WebSocket port's URL or the HTTP
+    /// one (`ws://host:9000`, whose path is `/ws`).
+    pub async fn websocket(&self, base: &str, path: &str) -> Result<Notifications, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{base}{path}")).await?;
+        Ok(Notifications { ws, pings: 0 })
+    }
+}
+
+/// A fresh request id.
+pub fn rid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the server did next on the notification socket.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Notify(NotifyMessage),
+    /// The server closed the socket (with its close code and reason, if any).
+    Closed(Option<(u16, String)>),
+    /// Nothing within the wait.
+    Quiet,
+}
+
+pub struct Notifications {
+    ws: Ws,
+    /// Server pings seen so far (answered automatically).
+    pub pings: usize,
+}
+
+impl Notifications {
+    /// The next notification or close within `wait`; pings are counted and skipped.
+    pub async fn next(&mut self, wait: Duration) -> Event {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Event::Quiet,
+                Ok(None) | Ok(Some(Err(_))) => return Event::Closed(None),
+                Ok(Some(Ok(WsMessage::Binary(b)))) => match NotifyMessage::decode(b.as_ref()) {
+                    Ok(n) => return Event::Notify(n),
+                    Err(_) => return Event::Closed(Some((0, "undecodable frame".into()))),
+                },
+                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                    return Event::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Ok(Some(Ok(WsMessage::Ping(_)))) => self.pings += 1,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Sends raw bytes (for tests of what the server does with bad frames).
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        Ok(self.ws.send(WsMessage::Binary(bytes.into())).await?)
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+    }
+}

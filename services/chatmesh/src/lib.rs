@@ -1,0 +1,194 @@
+//! The one chatmesh binary: `--target gateway|user|file|migrate|all`. Each target is a service
+//! library under `services/`; this crate only parses configuration and wires them together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chatmesh_common::grpc::{self, GrpcChannel};
+use chatmesh_common::telemetry::LogFormat;
+use chatmesh_common::{Database, ExpiringStore, LoginSessions};
+use clap::Parser;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Every service in one process (the standalone mode).
+    All,
+    Gateway,
+    User,
+    File,
+    /// Bring the database schema up to date, then exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatmesh", version, about = "chatmesh: an instant-messaging backend")]
+pub struct Cli {
+    /// Which services this process runs (comma-separated).
+    #[arg(long, env = "CHATMESH_TARGET", value_enum, value_delimiter = ',', default_value = "all")]
+    pub target: Vec<Target>,
+    /// Local state: the SQLite database and files when no other backends are set.
+    #[arg(long, env = "CHATMESH_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Relational database: `mysql://user:pass@host:3306/db` or `sqlite://path` [default: SQLite in the data dir].
+    #[arg(long, env = "CHATMESH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[arg(long, env = "CHATMESH_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// Sessions, codes and rate limits: `redis://host:6379` or `memory://` (one process only).
+    #[arg(long, env = "CHATMESH_REDIS_URL", default_value = "memory://", hide_env_values = true)]
+    pub redis_url: String,
+    /// Prefix of every Redis key, so systems can share one Redis.
+    #[arg(long, env = "CHATMESH_REDIS_NAMESPACE", default_value = "chatmesh")]
+    pub redis_namespace: String,
+    /// Directory of uploaded files [default: `<data-dir>/files`].
+    #[arg(long, env = "CHATMESH_FILES_DIR")]
+    pub files_dir: Option<PathBuf>,
+    /// Run schema migrations at start (the operator runs them in a Job instead).
+    #[arg(long, env = "CHATMESH_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_migrate: bool,
+    /// Login sessions end after this long without use.
+    #[arg(long, env = "CHATMESH_SESSION_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+
+    #[arg(long, env = "CHATMESH_HTTP_LISTEN", default_value = "0.0.0.0:9000")]
+    pub http_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_WS_LISTEN", default_value = "0.0.0.0:9001")]
+    pub ws_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_FILE_LISTEN", default_value = "0.0.0.0:10002")]
+    pub file_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_USER_LISTEN", default_value = "0.0.0.0:10003")]
+    pub user_listen: SocketAddr,
+
+    /// Where the file service is (in Kubernetes: its headless Service name).
+    #[arg(long, env = "CHATMESH_FILE_ADDR", default_value = "http://127.0.0.1:10002")]
+    pub file_addr: String,
+    #[arg(long, env = "CHATMESH_USER_ADDR", default_value = "http://127.0.0.1:10003")]
+    pub user_addr: String,
+    /// Deadline of one call between services.
+    #[arg(long, env = "CHATMESH_RPC_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub rpc_timeout: Duration,
+    /// How often service names are resolved again (picks up scaled Deployments).
+    #[arg(long, env = "CHATMESH_DNS_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_refresh: Duration,
+
+    /// Log filter, e.g. `info` or `info,chatmesh_user=debug`.
+    #[arg(long, env = "CHATMESH_LOG", default_value = "info")]
+    pub log: String,
+    #[arg(long, env = "CHATMESH_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub gateway: chatmesh_gateway::GatewayArgs,
+    #[command(flatten)]
+    pub user: chatmesh_user::UserArgs,
+    #[command(flatten)]
+    pub file: chatmesh_file::FileArgs,
+}
+
+impl Cli {
+    fn runs(&self, target: Target) -> bool {
+        self.target.contains(&target) || self.target.contains(&Target::All)
+    }
+
+    fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/chatmesh.db?mode=rwc", self.data_dir.display()))
+    }
+
+    fn channel(&self, url: &str) -> anyhow::Result<GrpcChannel> {
+        Ok(grpc::channel(url, self.rpc_timeout, self.dns_refresh)?)
+    }
+}
+
+/// Resolves when the watched flag turns true.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Runs the configured targets until `shutdown` turns true (or one of them fails).
+pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let needs_db = cli.runs(Target::User) || cli.runs(Target::File) || cli.runs(Target::Migrate);
+    let db = if needs_db {
+        std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating {}", cli.data_dir.display()))?;
+        let url = cli.database_url();
+        let db = Database::connect(&url, cli.database_max_connections)
+            .await
+            .with_context(|| format!("connecting to {}", chatmesh_common::db::redact(&url)))?;
+        if cli.auto_migrate || cli.target.contains(&Target::Migrate) {
+            db.migrate().await.context("migrating the database")?;
+        }
+        Some(db)
+    } else {
+        None
+    };
+    if cli.target == [Target::Migrate] {
+        tracing::info!("database schema is up to date");
+        return Ok(());
+    }
+    let kv: Option<Arc<dyn ExpiringStore>> = if cli.runs(Target::Gateway) || cli.runs(Target::User) {
+        if cli.redis_url.starts_with("memory:") && !cli.runs(Target::All) {
+            tracing::warn!("memory:// sessions are private to this process; use Redis when services run apart");
+        }
+        Some(chatmesh_common::kv::open(&cli.redis_url, &cli.redis_namespace).await.context("opening the session store")?)
+    } else {
+        None
+    };
+    let sessions = kv.clone().map(|kv| LoginSessions::new(kv, cli.session_ttl));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut grpc_routes: Vec<(SocketAddr, tonic::transport::server::Router)> = Vec::new();
+    if cli.runs(Target::File) {
+        let dir = cli.files_dir.clone().unwrap_or_else(|| cli.data_dir.join("files"));
+        let svc = chatmesh_file::service(&cli.file, db.clone().expect("db for file"), dir);
+        grpc_routes.push((cli.file_listen, tonic::transport::Server::builder().add_service(svc)));
+    }
+    if cli.runs(Target::User) {
+        let sms = chatmesh_user::sms_sender(&cli.user, cli.runs(Target::All)).context("SMS provider")?;
+        let deps = chatmesh_user::UserDeps {
+            db: db.clone().expect("db for user"),
+            kv: kv.clone().expect("kv for user"),
+            sessions: sessions.clone().expect("sessions for user"),
+            files: cli.channel(&cli.file_addr)?,
+            sms,
+        };
+        let svc = chatmesh_user::service(&cli.user, deps);
+        grpc_routes.push((cli.user_listen, tonic::transport::Server::builder().add_service(svc)));
+    }
+    for (addr, router) in grpc_routes {
+        let listener = grpc::bind(addr).await?;
+        tracing::info!(%addr, "gRPC service listening");
+        let stop = stopped(shutdown.clone());
+        tasks.spawn(async move { grpc::serve(router, listener, stop).await.map_err(anyhow::Error::from) });
+    }
+    if cli.runs(Target::Gateway) {
+        let upstreams = chatmesh_gateway::Upstreams { user: cli.channel(&cli.user_addr)?, file: cli.channel(&cli.file_addr)? };
+        let gw = chatmesh_gateway::Gateway::new(
+            cli.gateway.clone(),
+            sessions.clone().expect("sessions for gateway"),
+            kv.clone().expect("kv for gateway"),
+            upstreams,
+        );
+        for (addr, router) in [(cli.http_listen, gw.http_router()), (cli.ws_listen, gw.ws_router())] {
+            let listener = grpc::bind(addr).await?;
+            tracing::info!(%addr, "gateway listening");
+            let stop = stopped(shutdown.clone());
+            tasks.spawn(async move {
+                axum::serve(listener, router).with_graceful_shutdown(stop).await.map_err(anyhow::Error::from)
+            });
+        }
+    }
+    // Metrics render from this process-wide recorder (installed before any request counts).
+    chatmesh_common::telemetry::metrics();
+    while let Some(done) = tasks.join_next().await {
+        done.context("service task panicked")??;
+        if !*shutdown.borrow() {
+            anyhow::bail!("a service stopped unexpectedly");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! `FileService`: single and multi upload and download, each read checked against the caller.
+
+use std::collections::HashMap;
+
+use chatmesh_common::grpc::reply;
+use chatmesh_proto::file_service_server::FileService;
+use chatmesh_proto::*;
+use tonic::{Request, Response, Status};
+
+use crate::error::FileError;
+use crate::store::{FileRow, FileStore};
+
+pub struct Files {
+    pub store: FileStore,
+    pub max_file_bytes: usize,
+    pub max_files: usize,
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl FileService for Files {
+    async fn get_single_file(&self, req: Request<GetSingleFileReq>) -> Rpc<GetSingleFileRsp> {
+        let req = req.into_inner();
+        let result = async {
+            let mut files = self.read(caller(&req)?, std::slice::from_ref(&req.file_id)).await?;
+            Ok::<_, FileError>(GetSingleFileRsp { file_data: files.pop(), ..Default::default() })
+        };
+        reply(req.request_id.clone(), result.await)
+    }
+
+    async fn get_multi_file(&self, req: Request<GetMultiFileReq>) -> Rpc<GetMultiFileRsp> {
+        let req = req.into_inner();
+        let result = async {
+            if req.file_id_list.len() > self.max_files {
+                return Err(FileError::TooMany(self.max_files));
+            }
+            let files = self.read(caller(&req)?, &req.file_id_list).await?;
+            let file_data = files.into_iter().map(|f| (f.file_id.clone(), f)).collect();
+            Ok(GetMultiFileRsp { file_data, ..Default::default() })
+        };
+        reply(req.request_id.clone(), result.await)
+    }
+
+    async fn put_single_file(&self, req: Request<PutSingleFileReq>) -> Rpc<PutSingleFileRsp> {
+        let req = req.into_inner();
+        let result = async {
+            let data = req.file_data.as_ref().ok_or(FileError::NoData)?;
+            let mut infos = self.write(caller(&req)?, req.access.as_ref(), std::slice::from_ref(data)).await?;
+            Ok::<_, FileError>(PutSingleFileRsp { file_info: infos.pop(), ..Default::default() })
+        };
+        reply(req.request_id.clone(), result.await)
+    }
+
+    async fn put_multi_file(&self, req: Request<PutMultiFileReq>) -> Rpc<PutMultiFileRsp> {
+        let req = req.into_inner();
+        let result = async {
+            if req.file_data.is_empty() {
+                return Err(FileError::NoData);
+            }
+            if req.file_data.len() > self.max_files {
+                return Err(FileError::TooMany(self.max_files));
+            }
+            let file_info = self.write(caller(&req)?, req.access.as_ref(), &req.file_data).await?;
+            Ok(PutMultiFileRsp { file_info, ..Default::default() })
+        };
+        reply(req.request_id.clone(), result.await)
+    }
+}
+
+fn caller(req: &impl Envelope) -> Result<&str, FileError> {
+    Some(req.user_id()).filter(|id| !id.is_empty()).ok_or(FileError::NoCaller)
+}
+
+impl Files {
+    /// Validates every file before storing any; stores all or none.
+    async fn write(
+        &self,
+        owner: &str,
+        access: Option<&FileAccess>,
+        files: &[FileUploadData],
+    ) -> Result<Vec<FileMessageInfo>, FileError> {
+        for f in files {
+            self.check(f)?;
+        }
+        let mut stored: Vec<FileMessageInfo> = Vec::with_capacity(files.len());
+        for f in files {
+            let row = FileRow {
+                file_id: chatmesh_common::new_id(),
+                file_name: f.file_name.clone(),
+                file_size: f.file_content.len() as i64,
+                owner_id: owner.to_string(),
+                chat_session_id: access.and_then(|a| a.chat_session_id.clone()),
+                public_read: access.is_some_and(|a| a.public_read) as i64,
+            };
+            if let Err(e) = self.store.put(&row, &f.file_content).await {
+                for done in &stored {
+                    self.store.remove(done.file_id()).await?;
+                }
+                return Err(e);
+            }
+            stored.push(FileMessageInfo {
+                file_id: Some(row.file_id),
+                file_size: row.file_size,
+                file_name: row.file_name,
+                file_contents: None,
+            });
+        }
+        Ok(stored)
+    }
+
+    fn check(&self, f: &FileUploadData) -> Result<(), FileError> {
+        if f.file_name.trim().is_empty() {
+            return Err(FileError::EmptyName);
+        }
+        if f.file_name.len() > 255 {
+            return Err(FileError::NameTooLong);
+        }
+        if f.file_content.len() > self.max_file_bytes {
+            return Err(FileError::TooLarge { name: f.file_name.clone(), limit: self.max_file_bytes });
+        }
+        // 0 means "not stated" (the seed's own clients fill it, others may not).
+        if f.file_size != 0 && f.file_size != f.file_content.len() as i64 {
+            return Err(FileError::SizeMismatch {
+                name: f.file_name.clone(),
+                declared: f.file_size,
+                actual: f.file_content.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The files, in request order, if `caller` may read every one of them. A file the caller
+    /// may not read is reported exactly like a missing one, so ids cannot be probed.
+    async fn read(&self, caller: &str, ids: &[String]) -> Result<Vec<FileDownloadData>, FileError> {
+        if ids.is_empty() {
+            return Err(FileError::NoData);
+        }
+        let rows: HashMap<String, FileRow> =
+            self.store.meta(ids).await?.into_iter().map(|r| (r.file_id.clone(), r)).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = rows.get(id).ok_or_else(|| FileError::NotFound(id.clone()))?;
+            if !self.may_read(caller, row).await? {
+                return Err(FileError::NotFound(id.clone()));
+            }
+            out.push(FileDownloadData { file_id: id.clone(), file_content: self.store.read(id).await? });
+        }
+        Ok(out)
+    }
+
+    async fn may_read(&self, caller: &str, row: &FileRow) -> Result<bool, FileError> {
+        if row.owner_id == caller || row.public_read != 0 {
+            return Ok(true);
+        }
+        match &row.chat_session_id {
+            Some(session) => self.store.is_member(session, caller).await,
+            None => Ok(false),
+        }
+    }
+}

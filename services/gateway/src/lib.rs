@@ -1,0 +1,73 @@
+//! The gateway: the seed's HTTP routes (`POST /service/...`, protobuf or proto3-JSON bodies),
+//! login-session resolution, and the WebSocket that carries pushed notifications.
+
+pub mod codec;
+pub mod push;
+pub mod routes;
+pub mod websocket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::{ExpiringStore, LoginSessions};
+use chatmesh_proto::file_service_client::FileServiceClient;
+use chatmesh_proto::user_service_client::UserServiceClient;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Largest HTTP request body accepted, in bytes (files travel in bodies).
+    #[arg(long, env = "CHATMESH_MAX_BODY_BYTES", default_value_t = 80 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How often the server pings each WebSocket; two missed pongs close it.
+    #[arg(long, env = "CHATMESH_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ws_ping_interval: Duration,
+    /// How long a new WebSocket may take to send its `ClientAuthenticationReq`.
+    #[arg(long, env = "CHATMESH_WS_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ws_auth_timeout: Duration,
+}
+
+/// Channels to the services behind the gateway.
+pub struct Upstreams {
+    pub user: GrpcChannel,
+    pub file: GrpcChannel,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct Gateway {
+    pub sessions: LoginSessions,
+    pub kv: Arc<dyn ExpiringStore>,
+    pub user: UserServiceClient<GrpcChannel>,
+    pub file: FileServiceClient<GrpcChannel>,
+    pub push: push::Connections,
+    pub args: Arc<GatewayArgs>,
+}
+
+impl Gateway {
+    pub fn new(args: GatewayArgs, sessions: LoginSessions, kv: Arc<dyn ExpiringStore>, up: Upstreams) -> Self {
+        Self {
+            sessions,
+            kv,
+            user: UserServiceClient::new(up.user)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            file: FileServiceClient::new(up.file)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            push: push::Connections::default(),
+            args: Arc::new(args),
+        }
+    }
+
+    /// The HTTP port: the seed's routes, `/ws`, health and metrics.
+    pub fn http_router(&self) -> Router {
+        routes::router(self.clone())
+    }
+
+    /// The seed's WebSocket port (9001): an upgrade on any path.
+    pub fn ws_router(&self) -> Router {
+        websocket::router(self.clone())
+    }
+}

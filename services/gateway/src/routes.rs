@@ -1,0 +1,117 @@
+//! The seed's HTTP routes. Every route: read the body (size-limited), decode it, resolve the
+//! login session into `user_id` (overwriting whatever the client sent), call the service, and
+//! answer in the request's format. Failures are HTTP 200 with `success=false` and `errmsg`, as
+//! the seed does them.
+
+use std::future::Future;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chatmesh_proto::{Envelope, Reply};
+use prost::Name;
+
+use crate::codec::{self, Format};
+use crate::Gateway;
+
+/// Declares `POST path => client.method` routes; request and response types follow from the
+/// generated client method.
+macro_rules! service_routes {
+    ($router:expr, $($path:literal => $client:ident . $method:ident),* $(,)?) => {
+        $router $(.route($path, post(|State(gw): State<Gateway>, headers: HeaderMap, body: Body| async move {
+            let mut client = gw.$client.clone();
+            handle(&gw, $path, &headers, body, move |req| async move { client.$method(tonic::Request::new(req)).await }).await
+        })))*
+    };
+}
+
+pub fn router(gw: Gateway) -> Router {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(|| async { chatmesh_common::telemetry::metrics().render() }))
+        .route("/ws", get(crate::websocket::upgrade));
+    let router = service_routes!(router,
+        "/service/user/get_phone_verify_code" => user.get_phone_verify_code,
+        "/service/user/username_register" => user.user_register,
+        "/service/user/username_login" => user.user_login,
+        "/service/user/phone_register" => user.phone_register,
+        "/service/user/phone_login" => user.phone_login,
+        "/service/user/get_user_info" => user.get_user_info,
+        "/service/user/set_avatar" => user.set_user_avatar,
+        "/service/user/set_nickname" => user.set_user_nickname,
+        "/service/user/set_description" => user.set_user_description,
+        "/service/user/set_phone" => user.set_user_phone_number,
+        "/service/file/get_single_file" => file.get_single_file,
+        "/service/file/get_multi_file" => file.get_multi_file,
+        "/service/file/put_single_file" => file.put_single_file,
+        "/service/file/put_multi_file" => file.put_multi_file,
+    );
+    // Bodies are limited in `handle`, per route, so an oversized one still gets the seed's reply.
+    router.layer(axum::extract::DefaultBodyLimit::disable()).with_state(gw)
+}
+
+async fn ready(State(gw): State<Gateway>) -> Response {
+    match gw.kv.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("session store: {e}")).into_response(),
+    }
+}
+
+async fn handle<Req, Rsp, F, Fut>(gw: &Gateway, route: &'static str, headers: &HeaderMap, body: Body, call: F) -> Response
+where
+    Req: Envelope + Name,
+    Rsp: Reply + Name,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
+{
+    let started = Instant::now();
+    let format = Format::of(headers);
+    let rsp = match forward(gw, format, body, call).await {
+        Ok(rsp) => rsp,
+        Err((request_id, errmsg)) => Rsp::failure(request_id, errmsg),
+    };
+    let outcome = if rsp.success() { "success" } else { "failure" };
+    metrics::counter!("chatmesh_gateway_requests_total", "route" => route, "outcome" => outcome).increment(1);
+    metrics::histogram!("chatmesh_gateway_request_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    codec::encode(format, &rsp)
+}
+
+/// The happy path; `Err` carries the request id (if known) and the error text.
+async fn forward<Req, Rsp, F, Fut>(gw: &Gateway, format: Format, body: Body, call: F) -> Result<Rsp, (String, String)>
+where
+    Req: Envelope + Name,
+    Rsp: Reply + Name,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
+{
+    let limit = gw.args.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| (String::new(), format!("request body is larger than {limit} bytes")))?;
+    let mut req: Req = codec::decode(format, &bytes).map_err(|e| (String::new(), e))?;
+    let request_id = req.request_id().to_string();
+    req.clear_internal();
+    if let Some(session_id) = req.session_id() {
+        let user_id = match gw.sessions.resolve(session_id).await {
+            Ok(Some(user_id)) => user_id,
+            Ok(None) => return Err((request_id, "login session is invalid or expired; please log in".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "session store unavailable");
+                return Err((request_id, "session store unavailable, please retry later".into()));
+            }
+        };
+        req.set_user_id(user_id);
+    }
+    match call(req).await {
+        Ok(rsp) => Ok(rsp.into_inner()),
+        Err(status) => {
+            tracing::error!(%request_id, code = ?status.code(), message = status.message(), "upstream call failed");
+            Err((request_id, "service unavailable, please retry later".into()))
+        }
+    }
+}
