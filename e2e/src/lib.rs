@@ -44,7 +44,13 @@ impl Client {
 
     /// Posts raw bytes with a content type; the status and body as they came.
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
-        let rsp = self.http.post(format!("{}{path}", self.base)).header("content-type", content_type).body(body).send().await?;
+        let rsp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await?;
         Ok((rsp.status().as_u16(), rsp.bytes().await?.to_vec()))
     }
 
@@ -64,13 +70,23 @@ impl Client {
     }
 
     pub async fn register(&self, nickname: &str, password: &str) -> Result<(), ClientError> {
-        let req = UserRegisterReq { request_id: rid(), nickname: nickname.into(), password: password.into(), ..Default::default() };
+        let req = UserRegisterReq {
+            request_id: rid(),
+            nickname: nickname.into(),
+            password: password.into(),
+            ..Default::default()
+        };
         self.ok::<_, UserRegisterRsp>("/service/user/username_register", &req).await.map(drop)
     }
 
     /// Logs in by nickname and password; returns the login session id.
     pub async fn login(&self, nickname: &str, password: &str) -> Result<String, ClientError> {
-        let req = UserLoginReq { request_id: rid(), nickname: nickname.into(), password: password.into(), ..Default::default() };
+        let req = UserLoginReq {
+            request_id: rid(),
+            nickname: nickname.into(),
+            password: password.into(),
+            ..Default::default()
+        };
         Ok(self.ok::<_, UserLoginRsp>("/service/user/username_login", &req).await?.login_session_id)
     }
 
@@ -81,12 +97,22 @@ impl Client {
     }
 
     pub async fn phone_register(&self, phone: &str, code_id: &str, code: &str) -> Result<(), ClientError> {
-        let req = PhoneRegisterReq { request_id: rid(), phone_number: phone.into(), verify_code_id: code_id.into(), verify_code: code.into() };
+        let req = PhoneRegisterReq {
+            request_id: rid(),
+            phone_number: phone.into(),
+            verify_code_id: code_id.into(),
+            verify_code: code.into(),
+        };
         self.ok::<_, PhoneRegisterRsp>("/service/user/phone_register", &req).await.map(drop)
     }
 
     pub async fn phone_login(&self, phone: &str, code_id: &str, code: &str) -> Result<String, ClientError> {
-        let req = PhoneLoginReq { request_id: rid(), phone_number: phone.into(), verify_code_id: code_id.into(), verify_code: code.into() };
+        let req = PhoneLoginReq {
+            request_id: rid(),
+            phone_number: phone.into(),
+            verify_code_id: code_id.into(),
+            verify_code: code.into(),
+        };
         Ok(self.ok::<_, PhoneLoginRsp>("/service/user/phone_login", &req).await?.login_session_id)
     }
 
@@ -99,7 +125,11 @@ impl Client {
         let req = PutSingleFileReq {
             request_id: rid(),
             session_id: Some(session.into()),
-            file_data: Some(FileUploadData { file_name: name.into(), file_size: content.len() as i64, file_content: content }),
+            file_data: Some(FileUploadData {
+                file_name: name.into(),
+                file_size: content.len() as i64,
+                file_content: content,
+            }),
             ..Default::default()
         };
         let rsp: PutSingleFileRsp = self.ok("/service/file/put_single_file", &req).await?;
@@ -107,7 +137,12 @@ impl Client {
     }
 
     pub async fn get_file(&self, session: &str, file_id: &str) -> Result<Vec<u8>, ClientError> {
-        let req = GetSingleFileReq { request_id: rid(), file_id: file_id.into(), session_id: Some(session.into()), user_id: None };
+        let req = GetSingleFileReq {
+            request_id: rid(),
+            file_id: file_id.into(),
+            session_id: Some(session.into()),
+            user_id: None,
+        };
         let rsp: GetSingleFileRsp = self.ok("/service/file/get_single_file", &req).await?;
         Ok(rsp.file_data.map(|f| f.file_content).unwrap_or_default())
     }
@@ -178,6 +213,12 @@ impl Notifications {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
     }
 }

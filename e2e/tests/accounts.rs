@@ -75,12 +75,27 @@ async fn phone_register_and_login(s: &Stack) {
 async fn profile_changes(s: &Stack) {
     let (old_nick, session) = s.user("prof").await;
     let new_nick = format!("renamed{}", &rid()[..6]);
-    let req = SetUserNicknameReq { request_id: rid(), session_id: Some(session.clone()), nickname: new_nick.clone(), ..Default::default() };
+    let req = SetUserNicknameReq {
+        request_id: rid(),
+        session_id: Some(session.clone()),
+        nickname: new_nick.clone(),
+        ..Default::default()
+    };
     let _: SetUserNicknameRsp = s.client.ok("/service/user/set_nickname", &req).await.unwrap();
-    let req = SetUserDescriptionReq { request_id: rid(), session_id: Some(session.clone()), description: "你好, world".into(), ..Default::default() };
+    let req = SetUserDescriptionReq {
+        request_id: rid(),
+        session_id: Some(session.clone()),
+        description: "你好, world".into(),
+        ..Default::default()
+    };
     let _: SetUserDescriptionRsp = s.client.ok("/service/user/set_description", &req).await.unwrap();
     let avatar: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    let req = SetUserAvatarReq { request_id: rid(), session_id: Some(session.clone()), avatar: avatar.clone(), ..Default::default() };
+    let req = SetUserAvatarReq {
+        request_id: rid(),
+        session_id: Some(session.clone()),
+        avatar: avatar.clone(),
+        ..Default::default()
+    };
     let _: SetUserAvatarRsp = s.client.ok("/service/user/set_avatar", &req).await.unwrap();
     let phone = "18600186004";
     let (code_id, code) = s.code(phone).await;
@@ -92,7 +107,8 @@ async fn profile_changes(s: &Stack) {
         phone_verify_code: code,
         ..Default::default()
     };
-    let rsp: SetUserPhoneNumberRsp = s.client.call("/service/user/set_phone", &set_phone(code_id.clone(), "999999x".into())).await.unwrap();
+    let rsp: SetUserPhoneNumberRsp =
+        s.client.call("/service/user/set_phone", &set_phone(code_id.clone(), "999999x".into())).await.unwrap();
     assert!(!rsp.success && rsp.errmsg.contains("wrong"), "{rsp:?}");
     let _: SetUserPhoneNumberRsp = s.client.ok("/service/user/set_phone", &set_phone(code_id, code)).await.unwrap();
 
@@ -111,11 +127,17 @@ async fn profile_changes(s: &Stack) {
 
     // Limits: an empty or oversized avatar and an overlong description change nothing.
     for avatar in [Vec::new(), vec![1u8; 2 * 1024 * 1024 + 1]] {
-        let req = SetUserAvatarReq { request_id: rid(), session_id: Some(session.clone()), avatar, ..Default::default() };
+        let req =
+            SetUserAvatarReq { request_id: rid(), session_id: Some(session.clone()), avatar, ..Default::default() };
         let rsp: SetUserAvatarRsp = s.client.call("/service/user/set_avatar", &req).await.unwrap();
         assert!(!rsp.success && rsp.errormsg.contains("avatar"), "{}", rsp.errormsg);
     }
-    let req = SetUserDescriptionReq { request_id: rid(), session_id: Some(session.clone()), description: "x".repeat(1025), ..Default::default() };
+    let req = SetUserDescriptionReq {
+        request_id: rid(),
+        session_id: Some(session.clone()),
+        description: "x".repeat(1025),
+        ..Default::default()
+    };
     let rsp: SetUserDescriptionRsp = s.client.call("/service/user/set_description", &req).await.unwrap();
     assert!(!rsp.success && rsp.errmsg.contains("1024"), "{}", rsp.errmsg);
     assert_eq!(s.client.user_info(&session).await.unwrap(), me);
@@ -130,7 +152,12 @@ async fn duplicate_nickname_and_phone_change_nothing(s: &Stack) {
     assert!(refused(s.client.login(&nickname, "other_pass1").await).contains("wrong"));
 
     let (_, second) = s.user("dup2").await;
-    let req = SetUserNicknameReq { request_id: rid(), session_id: Some(second.clone()), nickname: nickname.clone(), ..Default::default() };
+    let req = SetUserNicknameReq {
+        request_id: rid(),
+        session_id: Some(second.clone()),
+        nickname: nickname.clone(),
+        ..Default::default()
+    };
     let rsp: SetUserNicknameRsp = s.client.call("/service/user/set_nickname", &req).await.unwrap();
     assert!(!rsp.success && rsp.errormsg.contains("taken"), "{rsp:?}");
     assert_ne!(s.client.user_info(&second).await.unwrap().nickname, nickname);
@@ -224,12 +251,17 @@ async fn bad_sessions_are_refused(s: &Stack) {
 }
 
 async fn bad_bodies_are_refused(s: &Stack) {
-    let (status, body) = s.client.post_raw("/service/user/username_login", "application/x-protobuf", vec![0xff, 0xff, 0xff, 0x01]).await.unwrap();
+    let (status, body) = s
+        .client
+        .post_raw("/service/user/username_login", "application/x-protobuf", vec![0xff, 0xff, 0xff, 0x01])
+        .await
+        .unwrap();
     assert_eq!(status, 200, "errors travel in the seed's response");
     let rsp = UserLoginRsp::decode_from(&body);
     assert!(!rsp.success && rsp.errmsg.contains("bite_im.UserLoginReq"), "{rsp:?}");
     // A body of the wrong message type: fields that do not fit (field 2 as varint) are refused.
-    let (_, body) = s.client.post_raw("/service/user/username_register", "application/x-protobuf", vec![0x10, 0x05]).await.unwrap();
+    let (_, body) =
+        s.client.post_raw("/service/user/username_register", "application/x-protobuf", vec![0x10, 0x05]).await.unwrap();
     let rsp = UserRegisterRsp::decode_from(&body);
     assert!(!rsp.success, "{rsp:?}");
     // Oversized bodies are refused before decoding (this stack allows 80 MiB; see the
@@ -241,24 +273,41 @@ async fn bad_bodies_are_refused(s: &Stack) {
 async fn json_bodies_answer_in_json(s: &Stack) {
     let nickname = format!("json{}", &rid()[..8]);
     let body = serde_json::json!({"request_id": "j1", "nickname": nickname, "password": "pass_word-1"});
-    let (status, out) = s.client.post_raw("/service/user/username_register", "application/json", body.to_string().into_bytes()).await.unwrap();
+    let (status, out) = s
+        .client
+        .post_raw("/service/user/username_register", "application/json", body.to_string().into_bytes())
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!((v["request_id"].as_str(), v["success"].as_bool()), (Some("j1"), Some(true)), "{v}");
-    let (_, out) = s.client.post_raw("/service/user/username_login", "application/json", body.to_string().into_bytes()).await.unwrap();
+    let (_, out) = s
+        .client
+        .post_raw("/service/user/username_login", "application/json", body.to_string().into_bytes())
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let session = v["login_session_id"].as_str().unwrap().to_string();
     assert_eq!(session.len(), 48);
     let info = serde_json::json!({"request_id": "j2", "session_id": session});
-    let (_, out) = s.client.post_raw("/service/user/get_user_info", "application/json; charset=utf-8", info.to_string().into_bytes()).await.unwrap();
+    let (_, out) = s
+        .client
+        .post_raw("/service/user/get_user_info", "application/json; charset=utf-8", info.to_string().into_bytes())
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["user_info"]["nickname"], nickname.as_str(), "{v}");
     // Wrong types and broken JSON get a clear error in JSON.
-    let (_, out) = s.client.post_raw("/service/user/username_login", "application/json", br#"{"nickname": 42}"#.to_vec()).await.unwrap();
+    let (_, out) = s
+        .client
+        .post_raw("/service/user/username_login", "application/json", br#"{"nickname": 42}"#.to_vec())
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["success"], false);
     assert!(v["errmsg"].as_str().unwrap().contains("not valid JSON"), "{v}");
-    let (_, out) = s.client.post_raw("/service/user/username_login", "application/json", b"{nope".to_vec()).await.unwrap();
+    let (_, out) =
+        s.client.post_raw("/service/user/username_login", "application/json", b"{nope".to_vec()).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["success"], false);
 }

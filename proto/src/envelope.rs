@@ -54,16 +54,35 @@ macro_rules! replies {
 }
 
 replies!(
-    UserRegisterRsp.errmsg, UserLoginRsp.errmsg, PhoneVerifyCodeRsp.errmsg, PhoneRegisterRsp.errmsg,
-    PhoneLoginRsp.errmsg, GetUserInfoRsp.errormsg, GetMultiUserInfoRsp.errormsg,
-    SetUserAvatarRsp.errormsg, SetUserNicknameRsp.errormsg, SetUserDescriptionRsp.errmsg,
+    UserRegisterRsp.errmsg,
+    UserLoginRsp.errmsg,
+    PhoneVerifyCodeRsp.errmsg,
+    PhoneRegisterRsp.errmsg,
+    PhoneLoginRsp.errmsg,
+    GetUserInfoRsp.errormsg,
+    GetMultiUserInfoRsp.errormsg,
+    SetUserAvatarRsp.errormsg,
+    SetUserNicknameRsp.errormsg,
+    SetUserDescriptionRsp.errmsg,
     SetUserPhoneNumberRsp.errmsg,
-    GetFriendListRsp.errmsg, FriendRemoveRsp.errmsg, FriendAddRsp.errmsg, FriendAddProcessRsp.errmsg,
-    GetPendingFriendEventListRsp.errmsg, FriendSearchRsp.errmsg, GetChatSessionListRsp.errmsg,
-    ChatSessionCreateRsp.errmsg, GetChatSessionMemberRsp.errmsg,
-    GetSingleFileRsp.errmsg, GetMultiFileRsp.errmsg, PutSingleFileRsp.errmsg, PutMultiFileRsp.errmsg,
-    GetHistoryMsgRsp.errmsg, GetRecentMsgRsp.errmsg, MsgSearchRsp.errmsg,
-    NewMessageRsp.errormsg, GetTransmitTargetRsp.errormsg,
+    GetFriendListRsp.errmsg,
+    FriendRemoveRsp.errmsg,
+    FriendAddRsp.errmsg,
+    FriendAddProcessRsp.errmsg,
+    GetPendingFriendEventListRsp.errmsg,
+    FriendSearchRsp.errmsg,
+    GetChatSessionListRsp.errmsg,
+    ChatSessionCreateRsp.errmsg,
+    GetChatSessionMemberRsp.errmsg,
+    GetSingleFileRsp.errmsg,
+    GetMultiFileRsp.errmsg,
+    PutSingleFileRsp.errmsg,
+    PutMultiFileRsp.errmsg,
+    GetHistoryMsgRsp.errmsg,
+    GetRecentMsgRsp.errmsg,
+    MsgSearchRsp.errmsg,
+    NewMessageRsp.errormsg,
+    GetTransmitTargetRsp.errormsg,
     SpeechRecognitionRsp.errmsg,
 );
 
@@ -77,10 +96,7 @@ macro_rules! open_requests {
     )*};
 }
 
-open_requests!(
-    UserRegisterReq, UserLoginReq, PhoneVerifyCodeReq, PhoneRegisterReq, PhoneLoginReq,
-    GetMultiUserInfoReq,
-);
+open_requests!(UserRegisterReq, UserLoginReq, PhoneVerifyCodeReq, PhoneRegisterReq, PhoneLoginReq, GetMultiUserInfoReq,);
 
 macro_rules! session_requests {
     ($($t:ident $({ $($internal:ident),* })?),* $(,)?) => {$(
@@ -105,13 +121,27 @@ macro_rules! session_requests {
 }
 
 session_requests!(
-    GetUserInfoReq, SetUserAvatarReq, SetUserNicknameReq, SetUserDescriptionReq,
+    GetUserInfoReq,
+    SetUserAvatarReq,
+    SetUserNicknameReq,
+    SetUserDescriptionReq,
     SetUserPhoneNumberReq,
-    GetFriendListReq, FriendRemoveReq, FriendAddReq, FriendAddProcessReq,
-    GetPendingFriendEventListReq, FriendSearchReq, GetChatSessionListReq, ChatSessionCreateReq,
+    GetFriendListReq,
+    FriendRemoveReq,
+    FriendAddReq,
+    FriendAddProcessReq,
+    GetPendingFriendEventListReq,
+    FriendSearchReq,
+    GetChatSessionListReq,
+    ChatSessionCreateReq,
     GetChatSessionMemberReq,
-    GetSingleFileReq, GetMultiFileReq, PutSingleFileReq { access }, PutMultiFileReq { access },
-    GetHistoryMsgReq, GetRecentMsgReq, MsgSearchReq,
+    GetSingleFileReq,
+    GetMultiFileReq,
+    PutSingleFileReq { access },
+    PutMultiFileReq { access },
+    GetHistoryMsgReq,
+    GetRecentMsgReq,
+    MsgSearchReq,
     NewMessageReq,
     SpeechRecognitionReq,
 );

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Query, State};
-use axum::routing::get;
 use axum::Router;
+use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 
 pub const KEY_ID: &str = "test-key-id";
 pub const KEY_SECRET: &str = "test-key-secret";
@@ -42,11 +42,17 @@ impl FakeAliyun {
     }
 }
 
-async fn send_sms(State(fake): State<FakeAliyun>, Query(q): Query<HashMap<String, String>>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn send_sms(
+    State(fake): State<FakeAliyun>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let missing = ["Signature", "SignatureNonce", "Timestamp", "TemplateParam", "PhoneNumbers"]
         .into_iter()
         .find(|k| !q.contains_key(*k));
-    if q.get("Action").map(String::as_str) != Some("SendSms") || q.get("AccessKeyId").map(String::as_str) != Some(KEY_ID) || missing.is_some() {
+    if q.get("Action").map(String::as_str) != Some("SendSms")
+        || q.get("AccessKeyId").map(String::as_str) != Some(KEY_ID)
+        || missing.is_some()
+    {
         return json(serde_json::json!({"Code": "InvalidParameter", "Message": "bad request", "RequestId": "fake"}));
     }
     let param: serde_json::Value = serde_json::from_str(&q["TemplateParam"]).unwrap_or_default();

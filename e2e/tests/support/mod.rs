@@ -94,16 +94,8 @@ impl Stack {
         let task = tokio::spawn(chatmesh::run(cli, shutdown));
         let http = format!("http://127.0.0.1:{http_port}");
         let ws = format!("ws://127.0.0.1:{ws_port}");
-        let stack = Stack {
-            client: Client::new(&http, &ws),
-            http,
-            ws,
-            sms,
-            backend,
-            stop,
-            task: Some(task),
-            _dir: dir,
-        };
+        let stack =
+            Stack { client: Client::new(&http, &ws), http, ws, sms, backend, stop, task: Some(task), _dir: dir };
         stack.wait_ready().await;
         Some(stack)
     }

@@ -134,7 +134,11 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         if cli.redis_url.starts_with("memory:") && !cli.runs(Target::All) {
             tracing::warn!("memory:// sessions are private to this process; use Redis when services run apart");
         }
-        Some(chatmesh_common::kv::open(&cli.redis_url, &cli.redis_namespace).await.context("opening the session store")?)
+        Some(
+            chatmesh_common::kv::open(&cli.redis_url, &cli.redis_namespace)
+                .await
+                .context("opening the session store")?,
+        )
     } else {
         None
     };
@@ -166,7 +170,8 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         tasks.spawn(async move { grpc::serve(router, listener, stop).await.map_err(anyhow::Error::from) });
     }
     if cli.runs(Target::Gateway) {
-        let upstreams = chatmesh_gateway::Upstreams { user: cli.channel(&cli.user_addr)?, file: cli.channel(&cli.file_addr)? };
+        let upstreams =
+            chatmesh_gateway::Upstreams { user: cli.channel(&cli.user_addr)?, file: cli.channel(&cli.file_addr)? };
         let gw = chatmesh_gateway::Gateway::new(
             cli.gateway.clone(),
             sessions.clone().expect("sessions for gateway"),

@@ -1,8 +1,8 @@
 //! The relational store: MySQL/MariaDB or SQLite, chosen by URL, through sqlx's `Any` driver so
 //! that every query is written once. Each dialect has its own migration folder.
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 use crate::BackendError;
 

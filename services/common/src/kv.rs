@@ -81,12 +81,8 @@ impl ExpiringStore for RedisStore {
     }
 
     async fn get_touch(&self, key: &str, ttl: Duration) -> Result<Option<String>, BackendError> {
-        let value: Option<String> = redis::cmd("GETEX")
-            .arg(self.key(key))
-            .arg("EX")
-            .arg(secs(ttl))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let value: Option<String> =
+            redis::cmd("GETEX").arg(self.key(key)).arg("EX").arg(secs(ttl)).query_async(&mut self.conn.clone()).await?;
         Ok(value)
     }
 

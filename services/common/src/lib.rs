@@ -28,10 +28,7 @@ pub enum BackendError {
 
 /// Unix seconds now, the seed's timestamp unit.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A new random identifier: 32 hex digits, unguessable (UUID v4).

@@ -12,8 +12,8 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; `filter` is an EnvFilter directive such as `info,sqlx=warn`.
 pub fn init_logs(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -159,3 +159,37 @@ impl Files {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn files() -> (Files, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = chatmesh_common::Database::connect(&format!("sqlite://{}/f.db?mode=rwc", dir.path().display()), 2)
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let store = FileStore::new(db, dir.path().join("files"));
+        (Files { store, max_file_bytes: 1000, max_files: 4 }, dir)
+    }
+
+    fn data(name: &str) -> FileUploadData {
+        FileUploadData { file_name: name.into(), file_size: 3, file_content: b"abc".to_vec() }
+    }
+
+    #[tokio::test]
+    async fn public_files_are_readable_by_anyone_logged_in_private_ones_by_their_owner() {
+        let (files, _dir) = files().await;
+        let public = FileAccess { chat_session_id: None, public_read: true };
+        let avatar = files.write("alice", Some(&public), &[data("avatar")]).await.unwrap().remove(0);
+        let private = files.write("alice", None, &[data("doc")]).await.unwrap().remove(0);
+        let read = |who: &'static str, id: String| {
+            let files = &files;
+            async move { files.read(who, &[id]).await }
+        };
+        assert_eq!(read("bob", avatar.file_id().into()).await.unwrap()[0].file_content, b"abc");
+        assert!(matches!(read("bob", private.file_id().into()).await, Err(FileError::NotFound(_))));
+        assert_eq!(read("alice", private.file_id().into()).await.unwrap()[0].file_content, b"abc");
+    }
+}

@@ -40,7 +40,9 @@ pub fn decode<M: Message + Name + Default>(format: Format, body: &[u8]) -> Resul
 pub fn encode<M: Message + Name>(format: Format, msg: &M) -> Response {
     let bytes = msg.encode_to_vec();
     match format {
-        Format::Protobuf => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"))], bytes).into_response(),
+        Format::Protobuf => {
+            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"))], bytes).into_response()
+        }
         Format::Json => {
             let dynamic = DynamicMessage::decode(descriptor::<M>(), bytes.as_slice()).expect("own encoding decodes");
             let mut out = Vec::new();

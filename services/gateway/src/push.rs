@@ -54,10 +54,7 @@ impl Connections {
         let frame = notify.encode_to_vec();
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = map.get(user_id) else { return 0 };
-        list.iter()
-            .filter(|(id, _)| Some(*id) != skip)
-            .filter(|(_, tx)| tx.try_send(frame.clone()).is_ok())
-            .count()
+        list.iter().filter(|(id, _)| Some(*id) != skip).filter(|(_, tx)| tx.try_send(frame.clone()).is_ok()).count()
     }
 
     pub fn connected(&self, user_id: &str) -> usize {

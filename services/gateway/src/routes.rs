@@ -6,17 +6,17 @@
 use std::future::Future;
 use std::time::Instant;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use chatmesh_proto::{Envelope, Reply};
 use prost::Name;
 
-use crate::codec::{self, Format};
 use crate::Gateway;
+use crate::codec::{self, Format};
 
 /// Declares `POST path => client.method` routes; request and response types follow from the
 /// generated client method.
@@ -62,7 +62,13 @@ async fn ready(State(gw): State<Gateway>) -> Response {
     }
 }
 
-async fn handle<Req, Rsp, F, Fut>(gw: &Gateway, route: &'static str, headers: &HeaderMap, body: Body, call: F) -> Response
+async fn handle<Req, Rsp, F, Fut>(
+    gw: &Gateway,
+    route: &'static str,
+    headers: &HeaderMap,
+    body: Body,
+    call: F,
+) -> Response
 where
     Req: Envelope + Name,
     Rsp: Reply + Name,

@@ -8,8 +8,7 @@ pub fn nickname_ok(nickname: &str) -> bool {
 
 /// Passwords: 6 to 15 characters of letters, digits, `_` and `-`.
 pub fn password_ok(password: &str) -> bool {
-    (6..=15).contains(&password.len())
-        && password.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (6..=15).contains(&password.len()) && password.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Mainland mobile numbers as the seed checks them: 11 digits, `1`, then `3`-`9`.

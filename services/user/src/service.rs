@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
-use chatmesh_common::grpc::{expect_success, reply, GrpcChannel};
+use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::user_service_server::UserService;
@@ -307,7 +307,10 @@ impl Users {
 async fn hash_password(password: String) -> Result<String, UserError> {
     // Argon2id costs tens of milliseconds of CPU: keep it off the async workers.
     tokio::task::spawn_blocking(move || {
-        Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| UserError::Hash(e.to_string()))
+        Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+            .map_err(|e| UserError::Hash(e.to_string()))
     })
     .await
     .map_err(|e| UserError::Hash(e.to_string()))?

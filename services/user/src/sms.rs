@@ -140,10 +140,7 @@ impl AliyunSms {
         let url = reqwest::Url::parse(&config.endpoint)
             .map_err(|e| SmsError::Config(format!("endpoint {:?}: {e}", config.endpoint)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(SmsError::Config(format!(
-                "endpoint {:?} is not http(s)",
-                config.endpoint
-            )));
+            return Err(SmsError::Config(format!("endpoint {:?} is not http(s)", config.endpoint)));
         }
         if config.timeout.is_zero() {
             return Err(SmsError::Config("timeout is zero".into()));
@@ -185,11 +182,7 @@ impl AliyunSms {
         ];
         let query = canonical_query(params);
         let signature = sign(&c.access_key_secret, &string_to_sign(&query));
-        format!(
-            "{}/?Signature={}&{query}",
-            c.endpoint,
-            percent_encode(&signature)
-        )
+        format!("{}/?Signature={}&{query}", c.endpoint, percent_encode(&signature))
     }
 
     async fn execute(&self, url: &str, phone: &str, code: &str) -> Result<(), SmsError> {
@@ -197,9 +190,8 @@ impl AliyunSms {
         let status = response.status();
         let body = response.bytes().await.map_err(transport)?;
         // Aliyun answers errors with 4xx *and* a JSON body; the body's Code is what matters.
-        let reply: AliyunReply = serde_json::from_slice(&body).map_err(|_| {
-            SmsError::Transport(format!("unreadable reply from Aliyun (HTTP {status})"))
-        })?;
+        let reply: AliyunReply = serde_json::from_slice(&body)
+            .map_err(|_| SmsError::Transport(format!("unreadable reply from Aliyun (HTTP {status})")))?;
         let phone = mask_phone(phone);
         let request_id = reply.request_id.as_deref().unwrap_or("");
         if reply.code == "OK" {
@@ -209,10 +201,7 @@ impl AliyunSms {
         }
         let message = scrub_provider_message(&reply.message, code);
         tracing::warn!(%phone, provider_code = %reply.code, %message, request_id, http_status = status.as_u16(), "Aliyun rejected verification SMS");
-        Err(SmsError::Rejected {
-            code: reply.code,
-            message,
-        })
+        Err(SmsError::Rejected { code: reply.code, message })
     }
 }
 
@@ -223,11 +212,7 @@ impl SmsSender for AliyunSms {
 }
 
 /// Aliyun's percent-encoding: RFC 3986 unreserved characters stay, all else is %XY.
-const ALIYUN_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const ALIYUN_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 fn percent_encode(s: &str) -> String {
     utf8_percent_encode(s, ALIYUN_ENCODE).to_string()
@@ -238,19 +223,11 @@ fn percent_encode(s: &str) -> String {
 fn canonical_query<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut params: Vec<_> = params.into_iter().collect();
     params.sort_unstable();
-    params
-        .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    params.iter().map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v))).collect::<Vec<_>>().join("&")
 }
 
 fn string_to_sign(canonical_query: &str) -> String {
-    format!(
-        "GET&{}&{}",
-        percent_encode("/"),
-        percent_encode(canonical_query)
-    )
+    format!("GET&{}&{}", percent_encode("/"), percent_encode(canonical_query))
 }
 
 /// Base64(HMAC-SHA1(secret + "&", string_to_sign)).
@@ -277,9 +254,7 @@ fn transport(err: reqwest::Error) -> SmsError {
 /// SignatureDoesNotMatch messages echo the server's string-to-sign (phone, TemplateParam with
 /// the code): cut that off, and blank any other literal occurrence of the code.
 fn scrub_provider_message(message: &str, code: &str) -> String {
-    let cut = message
-        .find("string to sign")
-        .map_or(message, |i| &message[..i]);
+    let cut = message.find("string to sign").map_or(message, |i| &message[..i]);
     let mut text = cut.trim_end().to_owned();
     if cut.len() < message.len() {
         text.push_str(" [string to sign redacted]");
@@ -307,11 +282,7 @@ pub struct LogSms;
 impl SmsSender for LogSms {
     fn send_code<'a>(&'a self, phone: &'a str, code: &'a str) -> SendFuture<'a> {
         Box::pin(async move {
-            tracing::warn!(
-                phone,
-                code,
-                "DEVELOPMENT-ONLY SMS sender: verification code logged, not sent"
-            );
+            tracing::warn!(phone, code, "DEVELOPMENT-ONLY SMS sender: verification code logged, not sent");
             Ok(())
         })
     }
@@ -411,10 +382,7 @@ mod tests {
             ("TemplateCode", "SMS_71390007"),
             ("OutId", "123"),
         ]);
-        assert_eq!(
-            sign("testSecret", &string_to_sign(&query)),
-            "zJDF+Lrzhj/ThnlvIToysFRq6t4="
-        );
+        assert_eq!(sign("testSecret", &string_to_sign(&query)), "zJDF+Lrzhj/ThnlvIToysFRq6t4=");
     }
 
     /// Our own request shape, with a sign name that exercises space, '*', '~', '/' and UTF-8.
@@ -441,12 +409,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let url = sms.signed_url(
-            "13800138000",
-            "123456",
-            "2024-01-02T03:04:05Z",
-            "0f8fad5b-d9cb-469f-a165-70867728950e",
-        );
+        let url =
+            sms.signed_url("13800138000", "123456", "2024-01-02T03:04:05Z", "0f8fad5b-d9cb-469f-a165-70867728950e");
         assert_eq!(url, EXPECTED_URL);
     }
 
@@ -460,23 +424,14 @@ mod tests {
 
     #[test]
     fn percent_encoding_follows_aliyun_rules() {
-        assert_eq!(
-            percent_encode("a b*c~d-e_f.g+h/é"),
-            "a%20b%2Ac~d-e_f.g%2Bh%2F%C3%A9"
-        );
+        assert_eq!(percent_encode("a b*c~d-e_f.g+h/é"), "a%20b%2Ac~d-e_f.g%2Bh%2F%C3%A9");
     }
 
     #[test]
     fn config_debug_redacts_secret() {
-        let config = AliyunConfig {
-            access_key_secret: "s3cr3t-value".into(),
-            ..Default::default()
-        };
+        let config = AliyunConfig { access_key_secret: "s3cr3t-value".into(), ..Default::default() };
         let shown = format!("{config:?}");
-        assert!(
-            !shown.contains("s3cr3t-value") && shown.contains("<redacted>"),
-            "{shown}"
-        );
+        assert!(!shown.contains("s3cr3t-value") && shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
@@ -490,22 +445,10 @@ mod tests {
         };
         assert!(AliyunSms::new(ok()).is_ok());
         for bad in [
-            AliyunConfig {
-                access_key_secret: " ".into(),
-                ..ok()
-            },
-            AliyunConfig {
-                endpoint: "not a url".into(),
-                ..ok()
-            },
-            AliyunConfig {
-                endpoint: "ftp://example.com".into(),
-                ..ok()
-            },
-            AliyunConfig {
-                timeout: Duration::ZERO,
-                ..ok()
-            },
+            AliyunConfig { access_key_secret: " ".into(), ..ok() },
+            AliyunConfig { endpoint: "not a url".into(), ..ok() },
+            AliyunConfig { endpoint: "ftp://example.com".into(), ..ok() },
+            AliyunConfig { timeout: Duration::ZERO, ..ok() },
         ] {
             assert!(matches!(AliyunSms::new(bad), Err(SmsError::Config(_))));
         }
@@ -538,12 +481,7 @@ mod tests {
             "BizId": if code == "OK" { "900619746936498440^0" } else { "" },
             "RequestId": "F655A8D5-B967-440B-8683-DAD6FF8DE990",
         });
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
     }
 
     async fn fake_send_sms(
@@ -583,69 +521,38 @@ mod tests {
             }
         }
         if p("AccessKeyId") != KEY_ID {
-            return reply(
-                StatusCode::NOT_FOUND,
-                "InvalidAccessKeyId.NotFound",
-                "Specified access key is not found.",
-            );
+            return reply(StatusCode::NOT_FOUND, "InvalidAccessKeyId.NotFound", "Specified access key is not found.");
         }
         let fresh = humantime::parse_rfc3339(p("Timestamp")).is_ok_and(|t| {
             let now = SystemTime::now();
-            let skew = now
-                .duration_since(t)
-                .or_else(|_| t.duration_since(now))
-                .unwrap();
+            let skew = now.duration_since(t).or_else(|_| t.duration_since(now)).unwrap();
             skew <= MAX_SKEW && p("Timestamp").ends_with('Z')
         });
         if !fresh {
-            return reply(
-                bad,
-                "InvalidTimeStamp.Expired",
-                "Specified time stamp or date value is expired.",
-            );
+            return reply(bad, "InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.");
         }
         // Recompute the signature from what arrived (decoded by axum), with the secret we know.
         let unsigned = params.iter().filter(|(k, _)| *k != "Signature");
-        let sts = string_to_sign(&canonical_query(
-            unsigned.map(|(k, v)| (k.as_str(), v.as_str())),
-        ));
+        let sts = string_to_sign(&canonical_query(unsigned.map(|(k, v)| (k.as_str(), v.as_str()))));
         if sign(SECRET, &sts) != p("Signature") {
-            let message = format!(
-                "Specified signature is not matched with our calculation. server string to sign is:{sts}"
-            );
+            let message =
+                format!("Specified signature is not matched with our calculation. server string to sign is:{sts}");
             return reply(bad, "SignatureDoesNotMatch", &message);
         }
         // Only a correctly signed request may burn a nonce.
-        if !fake
-            .seen_nonces
-            .lock()
-            .unwrap()
-            .insert(p("SignatureNonce").to_owned())
-        {
-            return reply(
-                bad,
-                "SignatureNonceUsed",
-                "Specified signature nonce was used already.",
-            );
+        if !fake.seen_nonces.lock().unwrap().insert(p("SignatureNonce").to_owned()) {
+            return reply(bad, "SignatureNonceUsed", "Specified signature nonce was used already.");
         }
         let phone = p("PhoneNumbers");
         if phone.len() != 11 || !phone.bytes().all(|b| b.is_ascii_digit()) {
             // Like Aliyun, business errors come back as HTTP 200 with a non-OK Code.
-            return reply(
-                StatusCode::OK,
-                "isv.MOBILE_NUMBER_ILLEGAL",
-                "invalid mobile number",
-            );
+            return reply(StatusCode::OK, "isv.MOBILE_NUMBER_ILLEGAL", "invalid mobile number");
         }
         let Some(code) = serde_json::from_str::<serde_json::Value>(p("TemplateParam"))
             .ok()
             .and_then(|v| v["code"].as_str().map(str::to_owned))
         else {
-            return reply(
-                StatusCode::OK,
-                "isv.TEMPLATE_PARAMS_ILLEGAL",
-                "template params illegal",
-            );
+            return reply(StatusCode::OK, "isv.TEMPLATE_PARAMS_ILLEGAL", "template params illegal");
         };
         fake.sent.lock().unwrap().push((phone.to_owned(), code));
         reply(StatusCode::OK, "OK", "OK")
@@ -653,9 +560,7 @@ mod tests {
 
     async fn start_fake() -> (Arc<FakeAliyun>, SocketAddr) {
         let fake = Arc::new(FakeAliyun::default());
-        let app = axum::Router::new()
-            .route("/", axum::routing::get(fake_send_sms))
-            .with_state(fake.clone());
+        let app = axum::Router::new().route("/", axum::routing::get(fake_send_sms)).with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -683,42 +588,25 @@ mod tests {
         sender.send_code("13800138000", "123456").await.unwrap();
         sender.send_code("13900139000", "654321").await.unwrap(); // fresh nonce each time
         let sent = fake.sent.lock().unwrap().clone();
-        assert_eq!(
-            sent,
-            [
-                ("13800138000".into(), "123456".into()),
-                ("13900139000".into(), "654321".into())
-            ]
-        );
+        assert_eq!(sent, [("13800138000".into(), "123456".into()), ("13900139000".into(), "654321".into())]);
     }
 
     #[tokio::test]
     async fn wrong_secret_is_rejected_without_leaking_the_code() {
         let (fake, addr) = start_fake().await;
-        let err = client(addr, "not-the-secret")
-            .send("13800138000", "987123")
-            .await
-            .unwrap_err();
-        let SmsError::Rejected { code, .. } = &err else {
-            panic!("{err:?}")
-        };
+        let err = client(addr, "not-the-secret").send("13800138000", "987123").await.unwrap_err();
+        let SmsError::Rejected { code, .. } = &err else { panic!("{err:?}") };
         assert_eq!(code, "SignatureDoesNotMatch");
         // The fake echoes the string-to-sign like Aliyun; it must not reach our error text.
         let shown = format!("{err} {err:?}");
-        assert!(
-            !shown.contains("987123") && !shown.contains("13800138000"),
-            "{shown}"
-        );
+        assert!(!shown.contains("987123") && !shown.contains("13800138000"), "{shown}");
         assert!(fake.sent.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn provider_error_code_is_surfaced() {
         let (_fake, addr) = start_fake().await;
-        let err = client(addr, SECRET)
-            .send("12345", "123456")
-            .await
-            .unwrap_err();
+        let err = client(addr, SECRET).send("12345", "123456").await.unwrap_err();
         assert!(
             matches!(&err, SmsError::Rejected { code, message } if code == "isv.MOBILE_NUMBER_ILLEGAL" && message == "invalid mobile number"),
             "{err:?}"
@@ -732,49 +620,25 @@ mod tests {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let url = sms.signed_url("13800138000", "123456", &now, "fixed-nonce-1");
         sms.execute(&url, "13800138000", "123456").await.unwrap();
-        let replay = sms
-            .execute(&url, "13800138000", "123456")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&replay, SmsError::Rejected { code, .. } if code == "SignatureNonceUsed"),
-            "{replay:?}"
-        );
+        let replay = sms.execute(&url, "13800138000", "123456").await.unwrap_err();
+        assert!(matches!(&replay, SmsError::Rejected { code, .. } if code == "SignatureNonceUsed"), "{replay:?}");
 
         let stale = SystemTime::now() - Duration::from_secs(3600);
         let stale = humantime::format_rfc3339_seconds(stale).to_string();
         let url = sms.signed_url("13800138000", "123456", &stale, "fixed-nonce-2");
-        let err = sms
-            .execute(&url, "13800138000", "123456")
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, SmsError::Rejected { code, .. } if code == "InvalidTimeStamp.Expired"),
-            "{err:?}"
-        );
+        let err = sms.execute(&url, "13800138000", "123456").await.unwrap_err();
+        assert!(matches!(&err, SmsError::Rejected { code, .. } if code == "InvalidTimeStamp.Expired"), "{err:?}");
         assert_eq!(fake.sent.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn unreachable_endpoint_fails_cleanly() {
         // Nothing listens on a port we just released: connection refused.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let err = client(addr, SECRET)
-            .send("13800138000", "123456")
-            .await
-            .unwrap_err();
-        let SmsError::Transport(text) = &err else {
-            panic!("{err:?}")
-        };
-        assert!(
-            !text.contains("123456") && !text.contains("127.0.0.1"),
-            "{text}"
-        );
+        let err = client(addr, SECRET).send("13800138000", "123456").await.unwrap_err();
+        let SmsError::Transport(text) = &err else { panic!("{err:?}") };
+        assert!(!text.contains("123456") && !text.contains("127.0.0.1"), "{text}");
     }
 
     #[tokio::test]
@@ -788,17 +652,8 @@ mod tests {
         .unwrap();
         let started = std::time::Instant::now();
         let err = sms.send("13800138000", "123456").await.unwrap_err();
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "took {:?}",
-            started.elapsed()
-        );
-        let SmsError::Transport(text) = &err else {
-            panic!("{err:?}")
-        };
-        assert!(
-            text.contains("timed out") && !text.contains("123456"),
-            "{text}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        let SmsError::Transport(text) = &err else { panic!("{err:?}") };
+        assert!(text.contains("timed out") && !text.contains("123456"), "{text}");
     }
 }
