@@ -147,6 +147,100 @@ impl Client {
         Ok(rsp.file_data.map(|f| f.file_content).unwrap_or_default())
     }
 
+    /// Users matching `key` (not yourself, not your friends).
+    pub async fn search(&self, session: &str, key: &str) -> Result<Vec<UserInfo>, ClientError> {
+        let req = FriendSearchReq {
+            request_id: rid(),
+            search_key: key.into(),
+            session_id: Some(session.into()),
+            user_id: None,
+        };
+        Ok(self.ok::<_, FriendSearchRsp>("/service/friend/search_friend", &req).await?.user_info)
+    }
+
+    /// Applies to befriend `user_id`; returns the application's event id.
+    pub async fn apply(&self, session: &str, user_id: &str) -> Result<String, ClientError> {
+        let req = FriendAddReq {
+            request_id: rid(),
+            session_id: Some(session.into()),
+            user_id: None,
+            respondent_id: user_id.into(),
+        };
+        Ok(self.ok::<_, FriendAddRsp>("/service/friend/add_friend_apply", &req).await?.notify_event_id)
+    }
+
+    /// Accepts or rejects application `event_id` from `applicant`.
+    pub async fn process(
+        &self,
+        session: &str,
+        event_id: &str,
+        applicant: &str,
+        agree: bool,
+    ) -> Result<(), ClientError> {
+        let req = FriendAddProcessReq {
+            request_id: rid(),
+            notify_event_id: event_id.into(),
+            agree,
+            apply_user_id: applicant.into(),
+            session_id: Some(session.into()),
+            user_id: None,
+        };
+        self.ok::<_, FriendAddProcessRsp>("/service/friend/add_friend_process", &req).await.map(drop)
+    }
+
+    pub async fn pending(&self, session: &str) -> Result<Vec<FriendEvent>, ClientError> {
+        let req = GetPendingFriendEventListReq { request_id: rid(), session_id: Some(session.into()), user_id: None };
+        Ok(self.ok::<_, GetPendingFriendEventListRsp>("/service/friend/get_pending_friend_events", &req).await?.event)
+    }
+
+    pub async fn friends(&self, session: &str) -> Result<Vec<UserInfo>, ClientError> {
+        let req = GetFriendListReq { request_id: rid(), session_id: Some(session.into()), user_id: None };
+        Ok(self.ok::<_, GetFriendListRsp>("/service/friend/get_friend_list", &req).await?.friend_list)
+    }
+
+    pub async fn remove_friend(&self, session: &str, peer: &str) -> Result<(), ClientError> {
+        let req = FriendRemoveReq {
+            request_id: rid(),
+            session_id: Some(session.into()),
+            user_id: None,
+            peer_id: peer.into(),
+        };
+        self.ok::<_, FriendRemoveRsp>("/service/friend/remove_friend", &req).await.map(drop)
+    }
+
+    pub async fn chat_sessions(&self, session: &str) -> Result<Vec<ChatSessionInfo>, ClientError> {
+        let req = GetChatSessionListReq { request_id: rid(), session_id: Some(session.into()), user_id: None };
+        Ok(self
+            .ok::<_, GetChatSessionListRsp>("/service/friend/get_chat_session_list", &req)
+            .await?
+            .chat_session_info_list)
+    }
+
+    /// Creates a group session; `members` must include the caller.
+    pub async fn create_group(&self, session: &str, name: &str, members: &[String]) -> Result<(), ClientError> {
+        let req = ChatSessionCreateReq {
+            request_id: rid(),
+            session_id: Some(session.into()),
+            user_id: None,
+            chat_session_name: name.into(),
+            member_id_list: members.to_vec(),
+        };
+        self.ok::<_, ChatSessionCreateRsp>("/service/friend/create_chat_session", &req).await.map(drop)
+    }
+
+    pub async fn members(&self, session: &str, chat_session_id: &str) -> Result<Vec<UserInfo>, ClientError> {
+        let req = GetChatSessionMemberReq {
+            request_id: rid(),
+            session_id: Some(session.into()),
+            user_id: None,
+            chat_session_id: chat_session_id.into(),
+        };
+        Ok(self
+            .ok::<_, GetChatSessionMemberRsp>("/service/friend/get_chat_session_member", &req)
+            .await?
+            .member_info_list)
+    }
+
     /// Opens the notification WebSocket at `path` and authenticates with `session`.
     pub async fn notifications(&self, path: &str, session: &str) -> Result<Notifications, ClientError> {
         let mut socket = self.websocket(&self.ws_base, path).await?;
@@ -204,6 +298,14 @@ impl Notifications {
                 Ok(Some(Ok(WsMessage::Ping(_)))) => self.pings += 1,
                 Ok(Some(Ok(_))) => {}
             }
+        }
+    }
+
+    /// The next notification, which must be of `kind` and arrive within `wait`.
+    pub async fn expect(&mut self, kind: NotifyType, wait: Duration) -> NotifyMessage {
+        match self.next(wait).await {
+            Event::Notify(n) if n.notify_type() == kind => n,
+            other => panic!("expected {kind:?}, got {other:?}"),
         }
     }
 

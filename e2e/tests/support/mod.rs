@@ -16,7 +16,7 @@ use tokio::sync::watch;
 pub enum Backend {
     /// SQLite + in-memory sessions + a temporary directory: no servers.
     Standalone,
-    /// MariaDB + Redis from `CHATMESH_TEST_MYSQL_URL` / `CHATMESH_TEST_REDIS_URL`.
+    /// MariaDB + Redis + Elasticsearch from `CHATMESH_TEST_{MYSQL,REDIS,ES}_URL`.
     Real,
 }
 
@@ -59,7 +59,8 @@ impl Stack {
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Option<Stack> {
         let dir = tempfile::tempdir().unwrap();
         let sms = fake_aliyun::FakeAliyun::start().await;
-        let (http_port, ws_port, user_port, file_port) = (free_port(), free_port(), free_port(), free_port());
+        let (http_port, ws_port, user_port, file_port, friend_port) =
+            (free_port(), free_port(), free_port(), free_port(), free_port());
         let mut args: Vec<String> = vec![
             "chatmesh".into(),
             "--target=all".into(),
@@ -70,6 +71,8 @@ impl Stack {
             format!("--file-listen=127.0.0.1:{file_port}"),
             format!("--user-addr=http://127.0.0.1:{user_port}"),
             format!("--file-addr=http://127.0.0.1:{file_port}"),
+            format!("--friend-listen=127.0.0.1:{friend_port}"),
+            format!("--friend-addr=http://127.0.0.1:{friend_port}"),
             "--sms-provider=aliyun".into(),
             format!("--aliyun-endpoint={}", sms.endpoint()),
             format!("--aliyun-access-key-id={}", fake_aliyun::KEY_ID),
@@ -82,11 +85,14 @@ impl Stack {
         if backend == Backend::Real {
             let mysql = real_url("CHATMESH_TEST_MYSQL_URL")?;
             let redis = real_url("CHATMESH_TEST_REDIS_URL")?;
+            let search = real_url("CHATMESH_TEST_ES_URL")?;
             let name = format!("chatmesh_t_{}", &chatmesh_common::new_id()[..12]);
             create_database(&mysql, &name).await;
             args.push(format!("--database-url={}/{name}", mysql.trim_end_matches('/')));
             args.push(format!("--redis-url={redis}"));
             args.push(format!("--redis-namespace={name}"));
+            args.push(format!("--search-url={search}"));
+            args.push(format!("--search-index-prefix={name}"));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let cli = chatmesh::Cli::try_parse_from(&args).expect("test flags parse");

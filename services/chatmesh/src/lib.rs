@@ -1,4 +1,4 @@
-//! The one chatmesh binary: `--target gateway|user|file|migrate|all`. Each target is a service
+//! The one chatmesh binary: `--target gateway|user|file|friend|migrate|all`. Each target is a service
 //! library under `services/`; this crate only parses configuration and wires them together.
 
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ pub enum Target {
     Gateway,
     User,
     File,
+    Friend,
     /// Bring the database schema up to date, then exit.
     Migrate,
 }
@@ -44,6 +45,12 @@ pub struct Cli {
     /// Prefix of every Redis key, so systems can share one Redis.
     #[arg(long, env = "CHATMESH_REDIS_NAMESPACE", default_value = "chatmesh")]
     pub redis_namespace: String,
+    /// User and message search: `http(s)://` for Elasticsearch, or `embedded://` (the database).
+    #[arg(long, env = "CHATMESH_SEARCH_URL", default_value = "embedded://", hide_env_values = true)]
+    pub search_url: String,
+    /// Prefix of the Elasticsearch index names, so systems can share one cluster.
+    #[arg(long, env = "CHATMESH_SEARCH_INDEX_PREFIX", default_value = "chatmesh")]
+    pub search_index_prefix: String,
     /// Directory of uploaded files [default: `<data-dir>/files`].
     #[arg(long, env = "CHATMESH_FILES_DIR")]
     pub files_dir: Option<PathBuf>,
@@ -62,12 +69,16 @@ pub struct Cli {
     pub file_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_USER_LISTEN", default_value = "0.0.0.0:10003")]
     pub user_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_FRIEND_LISTEN", default_value = "0.0.0.0:10006")]
+    pub friend_listen: SocketAddr,
 
     /// Where the file service is (in Kubernetes: its headless Service name).
     #[arg(long, env = "CHATMESH_FILE_ADDR", default_value = "http://127.0.0.1:10002")]
     pub file_addr: String,
     #[arg(long, env = "CHATMESH_USER_ADDR", default_value = "http://127.0.0.1:10003")]
     pub user_addr: String,
+    #[arg(long, env = "CHATMESH_FRIEND_ADDR", default_value = "http://127.0.0.1:10006")]
+    pub friend_addr: String,
     /// Deadline of one call between services.
     #[arg(long, env = "CHATMESH_RPC_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
@@ -112,7 +123,8 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Runs the configured targets until `shutdown` turns true (or one of them fails).
 pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let needs_db = cli.runs(Target::User) || cli.runs(Target::File) || cli.runs(Target::Migrate);
+    let needs_db =
+        cli.runs(Target::User) || cli.runs(Target::File) || cli.runs(Target::Friend) || cli.runs(Target::Migrate);
     let db = if needs_db {
         std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating {}", cli.data_dir.display()))?;
         let url = cli.database_url();
@@ -143,6 +155,14 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         None
     };
     let sessions = kv.clone().map(|kv| LoginSessions::new(kv, cli.session_ttl));
+    let index = match &db {
+        Some(db) if cli.runs(Target::User) || cli.runs(Target::Friend) => Some(
+            chatmesh_common::search::open(&cli.search_url, &cli.search_index_prefix, db)
+                .await
+                .context("opening the search index")?,
+        ),
+        _ => None,
+    };
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut grpc_routes: Vec<(SocketAddr, tonic::transport::server::Router)> = Vec::new();
@@ -159,9 +179,19 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             sessions: sessions.clone().expect("sessions for user"),
             files: cli.channel(&cli.file_addr)?,
             sms,
+            index: index.clone().expect("index for user"),
         };
         let svc = chatmesh_user::service(&cli.user, deps);
         grpc_routes.push((cli.user_listen, tonic::transport::Server::builder().add_service(svc)));
+    }
+    if cli.runs(Target::Friend) {
+        let deps = chatmesh_friend::FriendDeps {
+            db: db.clone().expect("db for friend"),
+            index: index.clone().expect("index for friend"),
+            users: cli.channel(&cli.user_addr)?,
+        };
+        let svc = chatmesh_friend::service(deps);
+        grpc_routes.push((cli.friend_listen, tonic::transport::Server::builder().add_service(svc)));
     }
     for (addr, router) in grpc_routes {
         let listener = grpc::bind(addr).await?;
@@ -170,8 +200,11 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         tasks.spawn(async move { grpc::serve(router, listener, stop).await.map_err(anyhow::Error::from) });
     }
     if cli.runs(Target::Gateway) {
-        let upstreams =
-            chatmesh_gateway::Upstreams { user: cli.channel(&cli.user_addr)?, file: cli.channel(&cli.file_addr)? };
+        let upstreams = chatmesh_gateway::Upstreams {
+            user: cli.channel(&cli.user_addr)?,
+            file: cli.channel(&cli.file_addr)?,
+            friend: cli.channel(&cli.friend_addr)?,
+        };
         let gw = chatmesh_gateway::Gateway::new(
             cli.gateway.clone(),
             sessions.clone().expect("sessions for gateway"),

@@ -65,6 +65,23 @@ impl Database {
     }
 }
 
+/// `?, ?, ...` for an `IN (...)` list of `n` values.
+pub fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Whether `user_id` is a member of chat session `chat_session_id` (the friend service owns the
+/// table; other services check membership with this one query).
+pub async fn is_member(db: &Database, chat_session_id: &str, user_id: &str) -> Result<bool, BackendError> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT user_id FROM chat_session_member WHERE chat_session_id = ? AND user_id = ?")
+            .bind(chat_session_id)
+            .bind(user_id)
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(row.is_some())
+}
+
 /// The URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

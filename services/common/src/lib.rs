@@ -4,6 +4,7 @@
 pub mod db;
 pub mod grpc;
 pub mod kv;
+pub mod search;
 pub mod sessions;
 pub mod telemetry;
 
@@ -22,6 +23,8 @@ pub enum BackendError {
     Redis(#[from] redis::RedisError),
     #[error("unsupported backend URL {0:?}")]
     UnsupportedUrl(String),
+    #[error("search: {0}")]
+    Search(String),
     #[error("invalid address {0:?}: {1}")]
     Address(String, String),
 }

@@ -72,7 +72,7 @@ impl FileStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks = vec!["?"; ids.len()].join(",");
+        let marks = chatmesh_common::db::placeholders(ids.len());
         let sql = format!(
             "SELECT file_id, file_name, file_size, owner_id, chat_session_id, public_read FROM files \
              WHERE file_id IN ({marks})"
@@ -88,10 +88,8 @@ impl FileStore {
         Ok(tokio::fs::read(self.path(file_id)).await?)
     }
 
-    /// Whether `user_id` belongs to the chat session (the friend service's membership table,
-    /// once it exists; until then no file is shared with a session).
+    /// Whether `user_id` belongs to the chat session a file was sent in.
     pub async fn is_member(&self, chat_session_id: &str, user_id: &str) -> Result<bool, FileError> {
-        let _ = (chat_session_id, user_id);
-        Ok(false)
+        Ok(chatmesh_common::db::is_member(&self.db, chat_session_id, user_id).await?)
     }
 }

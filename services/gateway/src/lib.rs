@@ -2,6 +2,7 @@
 //! login-session resolution, and the WebSocket that carries pushed notifications.
 
 pub mod codec;
+pub mod notify;
 pub mod push;
 pub mod routes;
 pub mod websocket;
@@ -13,6 +14,7 @@ use axum::Router;
 use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
+use chatmesh_proto::friend_service_client::FriendServiceClient;
 use chatmesh_proto::user_service_client::UserServiceClient;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +34,7 @@ pub struct GatewayArgs {
 pub struct Upstreams {
     pub user: GrpcChannel,
     pub file: GrpcChannel,
+    pub friend: GrpcChannel,
 }
 
 /// Shared by every handler.
@@ -41,6 +44,7 @@ pub struct Gateway {
     pub kv: Arc<dyn ExpiringStore>,
     pub user: UserServiceClient<GrpcChannel>,
     pub file: FileServiceClient<GrpcChannel>,
+    pub friend: FriendServiceClient<GrpcChannel>,
     pub push: push::Connections,
     pub args: Arc<GatewayArgs>,
 }
@@ -54,6 +58,9 @@ impl Gateway {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             file: FileServiceClient::new(up.file)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            friend: FriendServiceClient::new(up.friend)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             push: push::Connections::default(),

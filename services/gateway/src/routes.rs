@@ -15,19 +15,26 @@ use axum::routing::{get, post};
 use chatmesh_proto::{Envelope, Reply};
 use prost::Name;
 
-use crate::Gateway;
 use crate::codec::{self, Format};
+use crate::{Gateway, notify};
 
-/// Declares `POST path => client.method` routes; request and response types follow from the
-/// generated client method.
+/// Declares `POST path => client.method [then hook]` routes; request and response types follow
+/// from the generated client method. A hook runs after a successful call (notifications).
 macro_rules! service_routes {
-    ($router:expr, $($path:literal => $client:ident . $method:ident),* $(,)?) => {
+    ($router:expr, $($path:literal => $client:ident . $method:ident $(then $hook:path)?),* $(,)?) => {
         $router $(.route($path, post(|State(gw): State<Gateway>, headers: HeaderMap, body: Body| async move {
             let mut client = gw.$client.clone();
-            handle(&gw, $path, &headers, body, move |req| async move { client.$method(tonic::Request::new(req)).await }).await
+            #[allow(unused_mut, unused_assignments)]
+            let mut hook = None;
+            $(hook = Some($hook as Hook<_, _>);)?
+            let call = move |req| async move { client.$method(tonic::Request::new(req)).await };
+            handle(&gw, $path, &headers, body, call, hook).await
         })))*
     };
 }
+
+/// Runs after a successful call with the (authenticated) request and the response.
+pub type Hook<Req, Rsp> = fn(Gateway, Req, Rsp) -> futures_util::future::BoxFuture<'static, ()>;
 
 pub fn router(gw: Gateway) -> Router {
     let router = Router::new()
@@ -50,6 +57,15 @@ pub fn router(gw: Gateway) -> Router {
         "/service/file/get_multi_file" => file.get_multi_file,
         "/service/file/put_single_file" => file.put_single_file,
         "/service/file/put_multi_file" => file.put_multi_file,
+        "/service/friend/get_friend_list" => friend.get_friend_list,
+        "/service/friend/add_friend_apply" => friend.friend_add then notify::friend_apply,
+        "/service/friend/add_friend_process" => friend.friend_add_process then notify::friend_processed,
+        "/service/friend/remove_friend" => friend.friend_remove then notify::friend_removed,
+        "/service/friend/search_friend" => friend.friend_search,
+        "/service/friend/get_chat_session_list" => friend.get_chat_session_list,
+        "/service/friend/create_chat_session" => friend.chat_session_create then notify::group_created,
+        "/service/friend/get_chat_session_member" => friend.get_chat_session_member,
+        "/service/friend/get_pending_friend_events" => friend.get_pending_friend_event_list,
     );
     // Bodies are limited in `handle`, per route, so an oversized one still gets the seed's reply.
     router.layer(axum::extract::DefaultBodyLimit::disable()).with_state(gw)
@@ -68,16 +84,17 @@ async fn handle<Req, Rsp, F, Fut>(
     headers: &HeaderMap,
     body: Body,
     call: F,
+    hook: Option<Hook<Req, Rsp>>,
 ) -> Response
 where
-    Req: Envelope + Name,
-    Rsp: Reply + Name,
+    Req: Envelope + Name + Clone,
+    Rsp: Reply + Name + Clone,
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
 {
     let started = Instant::now();
     let format = Format::of(headers);
-    let rsp = match forward(gw, format, body, call).await {
+    let rsp = match forward(gw, format, body, call, hook).await {
         Ok(rsp) => rsp,
         Err((request_id, errmsg)) => Rsp::failure(request_id, errmsg),
     };
@@ -88,10 +105,16 @@ where
 }
 
 /// The happy path; `Err` carries the request id (if known) and the error text.
-async fn forward<Req, Rsp, F, Fut>(gw: &Gateway, format: Format, body: Body, call: F) -> Result<Rsp, (String, String)>
+async fn forward<Req, Rsp, F, Fut>(
+    gw: &Gateway,
+    format: Format,
+    body: Body,
+    call: F,
+    hook: Option<Hook<Req, Rsp>>,
+) -> Result<Rsp, (String, String)>
 where
-    Req: Envelope + Name,
-    Rsp: Reply + Name,
+    Req: Envelope + Name + Clone,
+    Rsp: Reply + Name + Clone,
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
 {
@@ -113,8 +136,16 @@ where
         };
         req.set_user_id(user_id);
     }
+    // Only routes with a hook pay for keeping a copy of the request.
+    let kept = hook.map(|h| (h, req.clone()));
     match call(req).await {
-        Ok(rsp) => Ok(rsp.into_inner()),
+        Ok(rsp) => {
+            let rsp = rsp.into_inner();
+            if let Some((hook, req)) = kept.filter(|_| rsp.success()) {
+                hook(gw.clone(), req, rsp.clone()).await;
+            }
+            Ok(rsp)
+        }
         Err(status) => {
             tracing::error!(%request_id, code = ?status.code(), message = status.message(), "upstream call failed");
             Err((request_id, "service unavailable, please retry later".into()))

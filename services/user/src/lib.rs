@@ -49,6 +49,7 @@ pub struct UserDeps {
     pub sessions: LoginSessions,
     pub files: GrpcChannel,
     pub sms: Arc<dyn SmsSender>,
+    pub index: Arc<dyn chatmesh_common::search::UserIndex>,
 }
 
 /// The gRPC service, ready to add to a tonic router.
@@ -61,6 +62,7 @@ pub fn service(args: &UserArgs, deps: UserDeps) -> UserServiceServer<service::Us
         files: FileServiceClient::new(deps.files)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        index: deps.index,
         max_avatar_bytes: args.max_avatar_bytes,
     };
     UserServiceServer::new(users)

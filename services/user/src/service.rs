@@ -7,6 +7,7 @@ use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
+use chatmesh_common::search::{UserDoc, UserIndex};
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::user_service_server::UserService;
@@ -28,6 +29,7 @@ pub struct Users {
     pub codes: VerifyCodes,
     pub limits: Arc<dyn ExpiringStore>,
     pub files: FileServiceClient<GrpcChannel>,
+    pub index: Arc<dyn UserIndex>,
     pub max_avatar_bytes: usize,
 }
 
@@ -144,6 +146,7 @@ impl UserService for Users {
             if !self.store.set_nickname(caller, &req.nickname).await? {
                 return Err(UserError::UnknownUser(caller.into()));
             }
+            self.reindex(caller).await;
             Ok(SetUserNicknameRsp::default())
         };
         reply(req.request_id.clone(), result.await)
@@ -159,6 +162,7 @@ impl UserService for Users {
             if !self.store.set_description(caller, &req.description).await? {
                 return Err(UserError::UnknownUser(caller.into()));
             }
+            self.reindex(caller).await;
             Ok(SetUserDescriptionRsp::default())
         };
         reply(req.request_id.clone(), result.await)
@@ -179,6 +183,7 @@ impl UserService for Users {
             // The code proves the caller holds the new number.
             self.codes.redeem(&req.phone_verify_code_id, phone, &req.phone_verify_code).await?;
             self.store.set_phone(caller, phone).await?;
+            self.reindex(caller).await;
             Ok(SetUserPhoneNumberRsp::default())
         };
         reply(req.request_id.clone(), result.await)
@@ -190,6 +195,28 @@ fn caller(req: &impl Envelope) -> Result<&str, UserError> {
 }
 
 impl Users {
+    /// Copies the user's searchable fields to the search index. The database stays the source
+    /// of truth: a failed index write is logged, and the request still succeeds.
+    async fn reindex(&self, user_id: &str) {
+        let result = match self.store.by_id(user_id).await {
+            Ok(Some(u)) => self
+                .index
+                .upsert(&UserDoc {
+                    user_id: u.user_id,
+                    nickname: u.nickname,
+                    phone: u.phone.unwrap_or_default(),
+                    description: u.description,
+                })
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(%user_id, error = %e, "user search index is behind the database");
+        }
+    }
+
     async fn register(&self, req: UserRegisterReq) -> Result<UserRegisterRsp, UserError> {
         if !rules::nickname_ok(&req.nickname) {
             return Err(UserError::InvalidNickname);
@@ -201,9 +228,10 @@ impl Users {
             return Err(UserError::NicknameTaken);
         }
         let password_hash = hash_password(req.password).await?;
+        let user_id = chatmesh_common::new_id();
         self.store
             .insert(&UserRow {
-                user_id: chatmesh_common::new_id(),
+                user_id: user_id.clone(),
                 nickname: req.nickname,
                 password_hash: Some(password_hash),
                 phone: None,
@@ -211,6 +239,7 @@ impl Users {
                 avatar_id: None,
             })
             .await?;
+        self.reindex(&user_id).await;
         Ok(UserRegisterRsp::default())
     }
 
@@ -252,9 +281,10 @@ impl Users {
         if self.store.by_nickname(&nickname).await?.is_some() {
             nickname = format!("{phone}_{}", &chatmesh_common::new_id()[..6]);
         }
+        let user_id = chatmesh_common::new_id();
         self.store
             .insert(&UserRow {
-                user_id: chatmesh_common::new_id(),
+                user_id: user_id.clone(),
                 nickname,
                 password_hash: None,
                 phone: Some(phone.clone()),
@@ -262,6 +292,7 @@ impl Users {
                 avatar_id: None,
             })
             .await?;
+        self.reindex(&user_id).await;
         Ok(PhoneRegisterRsp::default())
     }
 

@@ -81,7 +81,7 @@ impl UserStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let marks = vec!["?"; ids.len()].join(",");
+        let marks = chatmesh_common::db::placeholders(ids.len());
         let sql = format!("SELECT {COLUMNS} FROM users WHERE user_id IN ({marks})");
         let mut query = sqlx::query_as(AssertSqlSafe(sql));
         for id in ids {

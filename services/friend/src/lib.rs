@@ -1,0 +1,36 @@
+//! The friend service: friendships and their applications, user search, and chat sessions
+//! (one-to-one sessions made on acceptance, groups made by users) with their members.
+//! Served over gRPC as the seed's `FriendService`.
+
+pub mod error;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use chatmesh_common::Database;
+use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::search::UserIndex;
+use chatmesh_proto::friend_service_server::FriendServiceServer;
+use chatmesh_proto::user_service_client::UserServiceClient;
+
+pub use error::FriendError;
+
+pub struct FriendDeps {
+    pub db: Database,
+    pub index: Arc<dyn UserIndex>,
+    pub users: GrpcChannel,
+}
+
+pub fn service(deps: FriendDeps) -> FriendServiceServer<service::Friends> {
+    let friends = service::Friends {
+        store: store::FriendStore::new(deps.db),
+        index: deps.index,
+        users: UserServiceClient::new(deps.users)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    };
+    FriendServiceServer::new(friends)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
