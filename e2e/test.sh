@@ -4,13 +4,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-eval "$(bash e2e/infra/up.sh mariadb redis elasticsearch)"
+eval "$(bash e2e/infra/up.sh mariadb redis elasticsearch kube)"
 export CHATMESH_REQUIRE_REAL_BACKENDS=1
 
 # Each test makes its own database and indices (chatmesh_t_*); drop those of earlier runs.
 curl -fsS -X DELETE "$CHATMESH_TEST_ES_URL/chatmesh_t_*" >/dev/null || true
 mariadb -h127.0.0.1 -uchatmesh -pchatmesh -N -e "SHOW DATABASES LIKE 'chatmesh\_t\_%'" 2>/dev/null |
   while read -r db; do mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "DROP DATABASE \`$db\`"; done || true
+
+ctl=/usr/lib/rabbitmq/bin/rabbitmqctl
+ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev/null | grep -E '^chatmesh[-_]t' |
+  while read -r q; do ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q delete_queue "$q" >/dev/null; done || true
 
 cargo fmt --all --check
 cargo test --workspace --locked "$@"

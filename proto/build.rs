@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "message.proto",
     "transmite.proto",
     "speech.proto",
+    "internal.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

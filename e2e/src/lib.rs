@@ -241,6 +241,76 @@ impl Client {
             .member_info_list)
     }
 
+    /// Sends a message to chat session `chat_session_id`.
+    pub async fn send(&self, session: &str, chat_session_id: &str, message: MessageContent) -> Result<(), ClientError> {
+        let req = NewMessageReq {
+            request_id: rid(),
+            session_id: Some(session.into()),
+            user_id: None,
+            chat_session_id: chat_session_id.into(),
+            message: Some(message),
+        };
+        self.ok::<_, NewMessageRsp>("/service/message_transmit/new_message", &req).await.map(drop)
+    }
+
+    pub async fn send_text(&self, session: &str, chat_session_id: &str, text: &str) -> Result<(), ClientError> {
+        self.send(session, chat_session_id, text_message(text)).await
+    }
+
+    /// The `count` newest messages of a session, oldest first.
+    pub async fn recent(
+        &self,
+        session: &str,
+        chat_session_id: &str,
+        count: i64,
+    ) -> Result<Vec<MessageInfo>, ClientError> {
+        let req = GetRecentMsgReq {
+            request_id: rid(),
+            chat_session_id: chat_session_id.into(),
+            msg_count: count,
+            cur_time: None,
+            user_id: None,
+            session_id: Some(session.into()),
+        };
+        Ok(self.ok::<_, GetRecentMsgRsp>("/service/message_storage/get_recent", &req).await?.msg_list)
+    }
+
+    /// Messages of a session between two Unix times (inclusive), oldest first.
+    pub async fn history(
+        &self,
+        session: &str,
+        chat_session_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<MessageInfo>, ClientError> {
+        let req = GetHistoryMsgReq {
+            request_id: rid(),
+            chat_session_id: chat_session_id.into(),
+            start_time: from,
+            over_time: to,
+            user_id: None,
+            session_id: Some(session.into()),
+        };
+        Ok(self.ok::<_, GetHistoryMsgRsp>("/service/message_storage/get_history", &req).await?.msg_list)
+    }
+
+    /// Text messages of a session containing `key`.
+    pub async fn search_messages(
+        &self,
+        session: &str,
+        chat_session_id: &str,
+        key: &str,
+    ) -> Result<Vec<MessageInfo>, ClientError> {
+        let req = MsgSearchReq {
+            request_id: rid(),
+            user_id: None,
+            session_id: Some(session.into()),
+            chat_session_id: chat_session_id.into(),
+            search_key: key.into(),
+        };
+        Ok(self.ok::<_, MsgSearchRsp>("/service/message_storage/search_history", &req).await?.msg_list)
+    }
+
     /// Opens the notification WebSocket at `path` and authenticates with `session`.
     pub async fn notifications(&self, path: &str, session: &str) -> Result<Notifications, ClientError> {
         let mut socket = self.websocket(&self.ws_base, path).await?;
@@ -254,6 +324,14 @@ impl Client {
     pub async fn websocket(&self, base: &str, path: &str) -> Result<Notifications, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(format!("{base}{path}")).await?;
         Ok(Notifications { ws, pings: 0 })
+    }
+}
+
+/// A text message's content.
+pub fn text_message(text: &str) -> MessageContent {
+    MessageContent {
+        message_type: MessageType::String as i32,
+        msg_content: Some(message_content::MsgContent::StringMessage(StringMessageInfo { content: text.into() })),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Starts a whole chatmesh (every target, in this process, on loopback ports) against either
-//! the embedded defaults or the real servers that `e2e/test.sh` starts.
+//! the embedded defaults or the real servers that `e2e/test.sh` starts. More processes (a
+//! second gateway, a storage service to restart) can join the same backends.
 
 #![allow(dead_code)]
 
@@ -14,10 +15,35 @@ use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// SQLite + in-memory sessions + a temporary directory: no servers.
+    /// SQLite + in-memory sessions and queue + a temporary directory: no servers.
     Standalone,
-    /// MariaDB + Redis + Elasticsearch from `CHATMESH_TEST_{MYSQL,REDIS,ES}_URL`.
+    /// MariaDB, Redis, RabbitMQ, Elasticsearch from `CHATMESH_TEST_{MYSQL,REDIS,AMQP,ES}_URL`.
     Real,
+}
+
+/// One running `chatmesh::run`, as a separate process would be.
+pub struct Proc {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Proc {
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 pub struct Stack {
@@ -26,53 +52,67 @@ pub struct Stack {
     pub ws: String,
     pub sms: fake_aliyun::FakeAliyun,
     pub backend: Backend,
-    stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Flags every process of this stack shares (backends, service addresses).
+    shared: Vec<String>,
+    main: Proc,
     _dir: tempfile::TempDir,
 }
 
+/// A port nothing listens on. Taken from below the kernel's ephemeral range (where port 0
+/// binds land, so two stacks asking the kernel could be handed the same port between its
+/// release and our bind), counting up from a random start so parallel tests never collide.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicU16> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new(12000 + (std::process::id() % 400) as u16 * 50));
+    loop {
+        let port = next.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The URL of a real server, or `None` (skip) when unset and not required.
 pub fn real_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var("CHATMESH_REQUIRE_REAL_BACKENDS").is_ok() => {
-            panic!("{var} is unset but CHATMESH_REQUIRE_REAL_BACKENDS is set")
+    chatmesh_common::test_url(var)
+}
+
+fn launch(args: Vec<String>) -> Proc {
+    let cli = chatmesh::Cli::try_parse_from(&args).expect("test flags parse");
+    // Warnings and errors show in a failing test's output.
+    chatmesh_common::telemetry::init_logs("warn", chatmesh_common::telemetry::LogFormat::Text);
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let result = chatmesh::run(cli, shutdown).await;
+        if let Err(e) = &result {
+            eprintln!("chatmesh stopped: {e:#}");
         }
-        Err(_) => {
-            eprintln!("{var} unset: skipping the real-backend case (run e2e/test.sh for it)");
-            None
-        }
-    }
+        result
+    });
+    Proc { stop, task: Some(task) }
 }
 
 impl Stack {
-    /// A stack with default settings; `None` when the real backend is not configured.
+    /// Every target with default settings; `None` when the real backend is not configured.
     pub async fn start(backend: Backend) -> Option<Stack> {
         Self::start_with(backend, &[]).await
     }
 
-    /// A stack with extra command-line flags (e.g. `--session-ttl 2s`).
+    /// Every target, with extra command-line flags (e.g. `--session-ttl 2s`).
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Option<Stack> {
+        Self::start_parts(backend, "all", extra).await
+    }
+
+    /// Only `targets` (comma-separated) in the main process; the rest can join with `spawn`.
+    pub async fn start_parts(backend: Backend, targets: &str, extra: &[&str]) -> Option<Stack> {
         let dir = tempfile::tempdir().unwrap();
         let sms = fake_aliyun::FakeAliyun::start().await;
-        let (http_port, ws_port, user_port, file_port, friend_port) =
-            (free_port(), free_port(), free_port(), free_port(), free_port());
-        let mut args: Vec<String> = vec![
+        let mut shared: Vec<String> = vec![
             "chatmesh".into(),
-            "--target=all".into(),
             format!("--data-dir={}", dir.path().display()),
-            format!("--http-listen=127.0.0.1:{http_port}"),
-            format!("--ws-listen=127.0.0.1:{ws_port}"),
-            format!("--user-listen=127.0.0.1:{user_port}"),
-            format!("--file-listen=127.0.0.1:{file_port}"),
-            format!("--user-addr=http://127.0.0.1:{user_port}"),
-            format!("--file-addr=http://127.0.0.1:{file_port}"),
-            format!("--friend-listen=127.0.0.1:{friend_port}"),
-            format!("--friend-addr=http://127.0.0.1:{friend_port}"),
+            "--admin-listen=127.0.0.1:0".into(),
             "--sms-provider=aliyun".into(),
             format!("--aliyun-endpoint={}", sms.endpoint()),
             format!("--aliyun-access-key-id={}", fake_aliyun::KEY_ID),
@@ -82,39 +122,62 @@ impl Stack {
             // Short so one test can ask twice for the same phone; the default is a minute.
             "--sms-resend-interval=1s".into(),
         ];
+        for service in ["user", "file", "friend", "transmit", "message"] {
+            let port = free_port();
+            shared.push(format!("--{service}-listen=127.0.0.1:{port}"));
+            shared.push(format!("--{service}-addr=http://127.0.0.1:{port}"));
+        }
         if backend == Backend::Real {
             let mysql = real_url("CHATMESH_TEST_MYSQL_URL")?;
             let redis = real_url("CHATMESH_TEST_REDIS_URL")?;
             let search = real_url("CHATMESH_TEST_ES_URL")?;
+            let amqp = real_url("CHATMESH_TEST_AMQP_URL")?;
             let name = format!("chatmesh_t_{}", &chatmesh_common::new_id()[..12]);
             create_database(&mysql, &name).await;
-            args.push(format!("--database-url={}/{name}", mysql.trim_end_matches('/')));
-            args.push(format!("--redis-url={redis}"));
-            args.push(format!("--redis-namespace={name}"));
-            args.push(format!("--search-url={search}"));
-            args.push(format!("--search-index-prefix={name}"));
+            shared.push(format!("--database-url={}/{name}", mysql.trim_end_matches('/')));
+            shared.push(format!("--redis-url={redis}"));
+            shared.push(format!("--redis-namespace={name}"));
+            shared.push(format!("--search-url={search}"));
+            shared.push(format!("--search-index-prefix={name}"));
+            shared.push(format!("--amqp-url={amqp}"));
+            shared.push(format!("--amqp-queue={name}"));
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let cli = chatmesh::Cli::try_parse_from(&args).expect("test flags parse");
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(chatmesh::run(cli, shutdown));
+        shared.extend(extra.iter().map(|s| s.to_string()));
+        let (http_port, ws_port) = (free_port(), free_port());
+        let mut args = shared.clone();
+        args.push(format!("--target={targets}"));
+        args.push(format!("--http-listen=127.0.0.1:{http_port}"));
+        args.push(format!("--ws-listen=127.0.0.1:{ws_port}"));
         let http = format!("http://127.0.0.1:{http_port}");
         let ws = format!("ws://127.0.0.1:{ws_port}");
         let stack =
-            Stack { client: Client::new(&http, &ws), http, ws, sms, backend, stop, task: Some(task), _dir: dir };
-        stack.wait_ready().await;
+            Stack { client: Client::new(&http, &ws), http, ws, sms, backend, shared, main: launch(args), _dir: dir };
+        if targets == "all" || targets.contains("gateway") {
+            stack.wait_ready(&stack.client).await;
+        }
         Some(stack)
     }
 
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
+    /// Another process on the same backends running `targets` (its gateway ports are new).
+    pub async fn spawn(&self, targets: &str) -> (Proc, Client) {
+        let (http_port, ws_port) = (free_port(), free_port());
+        let mut args = self.shared.clone();
+        args.push(format!("--target={targets}"));
+        args.push(format!("--http-listen=127.0.0.1:{http_port}"));
+        args.push(format!("--ws-listen=127.0.0.1:{ws_port}"));
+        let proc = launch(args);
+        let client = Client::new(&format!("http://127.0.0.1:{http_port}"), &format!("ws://127.0.0.1:{ws_port}"));
+        if targets.contains("gateway") {
+            self.wait_ready(&client).await;
+        }
+        (proc, client)
+    }
+
+    async fn wait_ready(&self, client: &Client) {
         for _ in 0..200 {
-            if let Some(task) = &self.task {
-                assert!(!task.is_finished(), "chatmesh stopped during start-up");
-            }
-            let ready = http.get(format!("{}/readyz", self.http)).send().await.is_ok_and(|r| r.status().is_success());
-            // A login attempt goes through the user service too.
-            if ready && self.client.login("nobody", "nothing").await.is_err_and(|e| e.to_string().contains("wrong")) {
+            assert!(self.main.alive(), "chatmesh stopped during start-up");
+            // A login attempt goes through the gateway and the user service.
+            if client.login("nobody", "nothing").await.is_err_and(|e| e.to_string().contains("wrong")) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -136,17 +199,8 @@ impl Stack {
         (id, self.sms.last_code(phone).expect("the provider received a code"))
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+    pub async fn stop(self) {
+        self.main.stop().await;
     }
 }
 

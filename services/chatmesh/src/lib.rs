@@ -1,4 +1,4 @@
-//! The one chatmesh binary: `--target gateway|user|file|friend|migrate|all`. Each target is a service
+//! The one chatmesh binary: `--target gateway|user|friend|file|message|transmit|migrate|all`. Each target is a service
 //! library under `services/`; this crate only parses configuration and wires them together.
 
 use std::net::SocketAddr;
@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatmesh_common::grpc::{self, GrpcChannel};
+use chatmesh_common::queue::MessageQueue;
+use chatmesh_common::search::SearchIndex;
 use chatmesh_common::telemetry::LogFormat;
 use chatmesh_common::{Database, ExpiringStore, LoginSessions};
 use clap::Parser;
@@ -21,6 +23,8 @@ pub enum Target {
     User,
     File,
     Friend,
+    Message,
+    Transmit,
     /// Bring the database schema up to date, then exit.
     Migrate,
 }
@@ -51,6 +55,15 @@ pub struct Cli {
     /// Prefix of the Elasticsearch index names, so systems can share one cluster.
     #[arg(long, env = "CHATMESH_SEARCH_INDEX_PREFIX", default_value = "chatmesh")]
     pub search_index_prefix: String,
+    /// Message queue: `amqp://user:pass@host:5672/%2f` (RabbitMQ) or `memory://` (one process only).
+    #[arg(long, env = "CHATMESH_AMQP_URL", default_value = "memory://", hide_env_values = true)]
+    pub amqp_url: String,
+    /// The durable queue messages travel through to storage.
+    #[arg(long, env = "CHATMESH_AMQP_QUEUE", default_value = "chatmesh.messages")]
+    pub amqp_queue: String,
+    /// How long a send keeps retrying the broker before it reports failure.
+    #[arg(long, env = "CHATMESH_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
     /// Directory of uploaded files [default: `<data-dir>/files`].
     #[arg(long, env = "CHATMESH_FILES_DIR")]
     pub files_dir: Option<PathBuf>,
@@ -69,14 +82,25 @@ pub struct Cli {
     pub file_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_USER_LISTEN", default_value = "0.0.0.0:10003")]
     pub user_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_TRANSMIT_LISTEN", default_value = "0.0.0.0:10004")]
+    pub transmit_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_MESSAGE_LISTEN", default_value = "0.0.0.0:10005")]
+    pub message_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_FRIEND_LISTEN", default_value = "0.0.0.0:10006")]
     pub friend_listen: SocketAddr,
+    /// Health (`/healthz`, `/readyz`) and Prometheus `/metrics` of this process.
+    #[arg(long, env = "CHATMESH_ADMIN_LISTEN", default_value = "0.0.0.0:9100")]
+    pub admin_listen: SocketAddr,
 
     /// Where the file service is (in Kubernetes: its headless Service name).
     #[arg(long, env = "CHATMESH_FILE_ADDR", default_value = "http://127.0.0.1:10002")]
     pub file_addr: String,
     #[arg(long, env = "CHATMESH_USER_ADDR", default_value = "http://127.0.0.1:10003")]
     pub user_addr: String,
+    #[arg(long, env = "CHATMESH_TRANSMIT_ADDR", default_value = "http://127.0.0.1:10004")]
+    pub transmit_addr: String,
+    #[arg(long, env = "CHATMESH_MESSAGE_ADDR", default_value = "http://127.0.0.1:10005")]
+    pub message_addr: String,
     #[arg(long, env = "CHATMESH_FRIEND_ADDR", default_value = "http://127.0.0.1:10006")]
     pub friend_addr: String,
     /// Deadline of one call between services.
@@ -98,6 +122,8 @@ pub struct Cli {
     pub user: chatmesh_user::UserArgs,
     #[command(flatten)]
     pub file: chatmesh_file::FileArgs,
+    #[command(flatten)]
+    pub transmit: chatmesh_transmit::TransmitArgs,
 }
 
 impl Cli {
@@ -116,60 +142,102 @@ impl Cli {
     }
 }
 
-/// Resolves when the watched flag turns true.
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
+/// The backends this process's targets need, each opened once and shared.
+struct Backends {
+    db: Option<Database>,
+    kv: Option<Arc<dyn ExpiringStore>>,
+    index: Option<Arc<dyn SearchIndex>>,
+    queue: Option<Arc<dyn MessageQueue>>,
+}
+
+impl Backends {
+    async fn open(cli: &Cli) -> anyhow::Result<Self> {
+        let any = |ts: &[Target]| ts.iter().any(|t| cli.runs(*t));
+        use Target::*;
+        let db = if any(&[User, File, Friend, Message, Transmit, Migrate]) {
+            std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating {}", cli.data_dir.display()))?;
+            let url = cli.database_url();
+            let db = Database::connect(&url, cli.database_max_connections)
+                .await
+                .with_context(|| format!("connecting to {}", chatmesh_common::db::redact(&url)))?;
+            if cli.auto_migrate || cli.target.contains(&Migrate) {
+                db.migrate().await.context("migrating the database")?;
+            }
+            Some(db)
+        } else {
+            None
+        };
+        let kv = if any(&[Gateway, User]) {
+            if cli.redis_url.starts_with("memory:") && !cli.runs(All) {
+                tracing::warn!("memory:// sessions are private to this process; use Redis when services run apart");
+            }
+            let kv = chatmesh_common::kv::open(&cli.redis_url, &cli.redis_namespace).await;
+            Some(kv.context("opening the session store")?)
+        } else {
+            None
+        };
+        let index = match &db {
+            Some(db) if any(&[User, Friend, Message]) => Some(
+                chatmesh_common::search::open(&cli.search_url, &cli.search_index_prefix, db)
+                    .await
+                    .context("opening the search index")?,
+            ),
+            _ => None,
+        };
+        let queue = if any(&[Transmit, Message]) {
+            let queue = chatmesh_common::queue::open(&cli.amqp_url, &cli.amqp_queue, cli.publish_timeout).await;
+            Some(queue.context("opening the message queue")?)
+        } else {
+            None
+        };
+        Ok(Self { db, kv, index, queue })
+    }
+
+    /// Readiness: every backend this process uses answers.
+    async fn check(&self) -> Result<(), String> {
+        if let Some(db) = &self.db {
+            sqlx::query("SELECT 1").execute(&db.pool).await.map_err(|e| format!("database: {e}"))?;
+        }
+        if let Some(kv) = &self.kv {
+            kv.ping().await.map_err(|e| format!("session store: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder().tcp_nodelay(true)
 }
 
 /// Runs the configured targets until `shutdown` turns true (or one of them fails).
 pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let needs_db =
-        cli.runs(Target::User) || cli.runs(Target::File) || cli.runs(Target::Friend) || cli.runs(Target::Migrate);
-    let db = if needs_db {
-        std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating {}", cli.data_dir.display()))?;
-        let url = cli.database_url();
-        let db = Database::connect(&url, cli.database_max_connections)
-            .await
-            .with_context(|| format!("connecting to {}", chatmesh_common::db::redact(&url)))?;
-        if cli.auto_migrate || cli.target.contains(&Target::Migrate) {
-            db.migrate().await.context("migrating the database")?;
-        }
-        Some(db)
-    } else {
-        None
-    };
+    let backends = Arc::new(Backends::open(&cli).await?);
     if cli.target == [Target::Migrate] {
         tracing::info!("database schema is up to date");
         return Ok(());
     }
-    let kv: Option<Arc<dyn ExpiringStore>> = if cli.runs(Target::Gateway) || cli.runs(Target::User) {
-        if cli.redis_url.starts_with("memory:") && !cli.runs(Target::All) {
-            tracing::warn!("memory:// sessions are private to this process; use Redis when services run apart");
-        }
-        Some(
-            chatmesh_common::kv::open(&cli.redis_url, &cli.redis_namespace)
-                .await
-                .context("opening the session store")?,
-        )
-    } else {
-        None
-    };
+    let (db, kv, index, queue) = (&backends.db, &backends.kv, &backends.index, &backends.queue);
     let sessions = kv.clone().map(|kv| LoginSessions::new(kv, cli.session_ttl));
-    let index = match &db {
-        Some(db) if cli.runs(Target::User) || cli.runs(Target::Friend) => Some(
-            chatmesh_common::search::open(&cli.search_url, &cli.search_index_prefix, db)
-                .await
-                .context("opening the search index")?,
-        ),
-        _ => None,
-    };
+    // Metrics render from this process-wide recorder (installed before any request counts).
+    chatmesh_common::telemetry::metrics();
 
     let mut tasks = tokio::task::JoinSet::new();
+    let spawn_http = |tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>, listener, router: axum::Router| {
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let stopped = async move { chatmesh_common::stopped(&mut stop).await };
+            axum::serve(listener, router).with_graceful_shutdown(stopped).await.map_err(anyhow::Error::from)
+        });
+    };
+
+    let admin = admin_router(backends.clone());
+    spawn_http(&mut tasks, grpc::bind(cli.admin_listen).await?, admin);
+
     let mut grpc_routes: Vec<(SocketAddr, tonic::transport::server::Router)> = Vec::new();
     if cli.runs(Target::File) {
         let dir = cli.files_dir.clone().unwrap_or_else(|| cli.data_dir.join("files"));
         let svc = chatmesh_file::service(&cli.file, db.clone().expect("db for file"), dir);
-        grpc_routes.push((cli.file_listen, tonic::transport::Server::builder().add_service(svc)));
+        grpc_routes.push((cli.file_listen, grpc_server().add_service(svc)));
     }
     if cli.runs(Target::User) {
         let sms = chatmesh_user::sms_sender(&cli.user, cli.runs(Target::All)).context("SMS provider")?;
@@ -181,8 +249,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             sms,
             index: index.clone().expect("index for user"),
         };
-        let svc = chatmesh_user::service(&cli.user, deps);
-        grpc_routes.push((cli.user_listen, tonic::transport::Server::builder().add_service(svc)));
+        grpc_routes.push((cli.user_listen, grpc_server().add_service(chatmesh_user::service(&cli.user, deps))));
     }
     if cli.runs(Target::Friend) {
         let deps = chatmesh_friend::FriendDeps {
@@ -190,38 +257,73 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             index: index.clone().expect("index for friend"),
             users: cli.channel(&cli.user_addr)?,
         };
-        let svc = chatmesh_friend::service(deps);
-        grpc_routes.push((cli.friend_listen, tonic::transport::Server::builder().add_service(svc)));
+        grpc_routes.push((cli.friend_listen, grpc_server().add_service(chatmesh_friend::service(deps))));
+    }
+    if cli.runs(Target::Transmit) {
+        let deps = chatmesh_transmit::TransmitDeps {
+            db: db.clone().expect("db for transmit"),
+            queue: queue.clone().expect("queue for transmit"),
+            users: cli.channel(&cli.user_addr)?,
+            files: cli.channel(&cli.file_addr)?,
+        };
+        let svc = chatmesh_transmit::service(&cli.transmit, deps);
+        grpc_routes.push((cli.transmit_listen, grpc_server().add_service(svc)));
+    }
+    if cli.runs(Target::Message) {
+        let deps = chatmesh_message::MessageDeps {
+            db: db.clone().expect("db for message"),
+            index: index.clone().expect("index for message"),
+            users: cli.channel(&cli.user_addr)?,
+            files: cli.channel(&cli.file_addr)?,
+        };
+        grpc_routes.push((cli.message_listen, grpc_server().add_service(chatmesh_message::service(deps))));
+        let storage = Arc::new(chatmesh_message::Storage {
+            db: db.clone().expect("db for message"),
+            index: index.clone().expect("index for message"),
+        });
+        let queue = queue.clone().expect("queue for message");
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            queue.consume(storage, stop).await;
+            Ok(())
+        });
     }
     for (addr, router) in grpc_routes {
         let listener = grpc::bind(addr).await?;
         tracing::info!(%addr, "gRPC service listening");
-        let stop = stopped(shutdown.clone());
-        tasks.spawn(async move { grpc::serve(router, listener, stop).await.map_err(anyhow::Error::from) });
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let stopped = async move { chatmesh_common::stopped(&mut stop).await };
+            grpc::serve(router, listener, stopped).await.map_err(anyhow::Error::from)
+        });
     }
     if cli.runs(Target::Gateway) {
         let upstreams = chatmesh_gateway::Upstreams {
             user: cli.channel(&cli.user_addr)?,
             file: cli.channel(&cli.file_addr)?,
             friend: cli.channel(&cli.friend_addr)?,
+            transmit: cli.channel(&cli.transmit_addr)?,
+            message: cli.channel(&cli.message_addr)?,
         };
+        let conns = chatmesh_gateway::push::Connections::default();
+        let bus =
+            chatmesh_gateway::bus::PushBus::open(conns.clone(), &cli.redis_url, &cli.redis_namespace, shutdown.clone())
+                .await
+                .context("opening the push bus")?;
         let gw = chatmesh_gateway::Gateway::new(
             cli.gateway.clone(),
             sessions.clone().expect("sessions for gateway"),
             kv.clone().expect("kv for gateway"),
             upstreams,
+            conns,
+            bus,
         );
         for (addr, router) in [(cli.http_listen, gw.http_router()), (cli.ws_listen, gw.ws_router())] {
             let listener = grpc::bind(addr).await?;
             tracing::info!(%addr, "gateway listening");
-            let stop = stopped(shutdown.clone());
-            tasks.spawn(async move {
-                axum::serve(listener, router).with_graceful_shutdown(stop).await.map_err(anyhow::Error::from)
-            });
+            spawn_http(&mut tasks, listener, router);
         }
     }
-    // Metrics render from this process-wide recorder (installed before any request counts).
-    chatmesh_common::telemetry::metrics();
     while let Some(done) = tasks.join_next().await {
         done.context("service task panicked")??;
         if !*shutdown.borrow() {
@@ -229,4 +331,25 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// `/healthz` (the process runs), `/readyz` (its backends answer), `/metrics`.
+fn admin_router(backends: Arc<Backends>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let backends = backends.clone();
+                async move {
+                    match backends.check().await {
+                        Ok(()) => (StatusCode::OK, "ready".to_string()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(|| async { chatmesh_common::telemetry::metrics().render() }))
 }

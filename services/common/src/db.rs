@@ -82,6 +82,16 @@ pub async fn is_member(db: &Database, chat_session_id: &str, user_id: &str) -> R
     Ok(row.is_some())
 }
 
+/// The members of a chat session, sorted; empty for an unknown session.
+pub async fn chat_members(db: &Database, chat_session_id: &str) -> Result<Vec<String>, BackendError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM chat_session_member WHERE chat_session_id = ? ORDER BY user_id")
+            .bind(chat_session_id)
+            .fetch_all(&db.pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// The URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -238,10 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn redis_store_behaves() {
-        let Ok(url) = std::env::var("CHATMESH_TEST_REDIS_URL") else {
-            eprintln!("CHATMESH_TEST_REDIS_URL unset: run through e2e/test.sh for the Redis case");
-            return;
-        };
+        let Some(url) = crate::test_url("CHATMESH_TEST_REDIS_URL") else { return };
         exercise(open(&url, &format!("kvtest-{}", crate::new_id())).await.unwrap()).await;
     }
 }

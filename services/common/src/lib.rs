@@ -4,6 +4,8 @@
 pub mod db;
 pub mod grpc;
 pub mod kv;
+pub mod messages;
+pub mod queue;
 pub mod search;
 pub mod sessions;
 pub mod telemetry;
@@ -23,6 +25,8 @@ pub enum BackendError {
     Redis(#[from] redis::RedisError),
     #[error("unsupported backend URL {0:?}")]
     UnsupportedUrl(String),
+    #[error("message queue: {0}")]
+    Queue(String),
     #[error("search: {0}")]
     Search(String),
     #[error("invalid address {0:?}: {1}")]
@@ -37,4 +41,26 @@ pub fn unix_now() -> i64 {
 /// A new random identifier: 32 hex digits, unguessable (UUID v4).
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The URL of a real test server from `var`; `None` (the test skips) when unset, unless
+/// `CHATMESH_REQUIRE_REAL_BACKENDS` is set, as `e2e/test.sh` does.
+#[doc(hidden)]
+pub fn test_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CHATMESH_REQUIRE_REAL_BACKENDS").is_ok() => {
+            panic!("{var} is unset but CHATMESH_REQUIRE_REAL_BACKENDS is set")
+        }
+        Err(_) => {
+            eprintln!("{var} unset: skipping the real-backend case (e2e/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). The guard `wait_for` returns is
+/// dropped here, so callers' futures stay `Send`.
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

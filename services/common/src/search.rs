@@ -1,14 +1,15 @@
-//! Search over users (and, later, messages): Elasticsearch in clusters; in standalone mode the
-//! relational database answers the same queries itself (substring matching with `LIKE`), so
-//! there is no second copy to keep in step.
+//! Search over users and messages: Elasticsearch in clusters; in standalone mode the relational
+//! database answers the same queries itself (substring matching with `LIKE`), so there is no
+//! second copy to keep in step.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use elasticsearch::http::request::JsonBody;
 use elasticsearch::http::transport::Transport;
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts};
 use elasticsearch::params::Refresh;
-use elasticsearch::{Elasticsearch, IndexParts, SearchParts};
+use elasticsearch::{BulkParts, Elasticsearch, IndexParts, SearchParts};
 use serde_json::json;
 use sqlx::AssertSqlSafe;
 
@@ -23,24 +24,42 @@ pub struct UserDoc {
     pub description: String,
 }
 
+/// The searchable part of a text message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageDoc {
+    pub message_id: String,
+    pub chat_session_id: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
 #[async_trait]
-pub trait UserIndex: Send + Sync + 'static {
+pub trait SearchIndex: Send + Sync + 'static {
     /// Adds or replaces a user; searches see it as soon as this returns.
-    async fn upsert(&self, doc: &UserDoc) -> Result<(), BackendError>;
+    async fn upsert_user(&self, doc: &UserDoc) -> Result<(), BackendError>;
     /// Ids of users whose nickname contains `key` (any case), whose phone contains it, or whose
     /// id is `key`; at most `limit`.
-    async fn search(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError>;
+    async fn search_users(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError>;
+    /// Adds text messages (idempotent by message id); searchable within about a second.
+    async fn index_messages(&self, docs: &[MessageDoc]) -> Result<(), BackendError>;
+    /// Ids of text messages of one session containing `key`, newest first; at most `limit`.
+    async fn search_messages(&self, session: &str, key: &str, limit: usize) -> Result<Vec<String>, BackendError>;
 }
 
 /// Opens the index named by `url`: `embedded://` (the database) or `http(s)://` (Elasticsearch,
-/// indices named `<prefix>-users`, ...).
-pub async fn open(url: &str, prefix: &str, db: &Database) -> Result<Arc<dyn UserIndex>, BackendError> {
+/// indices named `<prefix>-users` and `<prefix>-messages`).
+pub async fn open(url: &str, prefix: &str, db: &Database) -> Result<Arc<dyn SearchIndex>, BackendError> {
     if url.starts_with("embedded:") {
         Ok(Arc::new(SqlSearch { db: db.clone() }))
     } else if url.starts_with("http://") || url.starts_with("https://") {
         let transport = Transport::single_node(url).map_err(es)?;
-        let index = ElasticSearch { client: Elasticsearch::new(transport), users: format!("{prefix}-users") };
-        index.ensure_users_index().await?;
+        let index = ElasticSearch {
+            client: Elasticsearch::new(transport),
+            users: format!("{prefix}-users"),
+            messages: format!("{prefix}-messages"),
+        };
+        index.ensure_index(&index.users, USERS_MAPPING).await?;
+        index.ensure_index(&index.messages, MESSAGES_MAPPING).await?;
         Ok(Arc::new(index))
     } else {
         Err(BackendError::UnsupportedUrl(crate::db::redact(url)))
@@ -56,18 +75,26 @@ pub struct SqlSearch {
 }
 
 /// `%key%` with LIKE's own wildcards escaped, so `_` and `%` match themselves.
-fn like_pattern(key: &str) -> String {
+pub fn like_pattern(key: &str) -> String {
     let escaped = key.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     format!("%{}%", escaped.to_lowercase())
 }
 
 #[async_trait]
-impl UserIndex for SqlSearch {
-    async fn upsert(&self, _doc: &UserDoc) -> Result<(), BackendError> {
+impl SearchIndex for SqlSearch {
+    async fn upsert_user(&self, _doc: &UserDoc) -> Result<(), BackendError> {
         Ok(()) // the users table is the index
     }
 
-    async fn search(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
+    async fn index_messages(&self, _docs: &[MessageDoc]) -> Result<(), BackendError> {
+        Ok(()) // the message table is the index
+    }
+
+    async fn search_messages(&self, session: &str, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
+        crate::messages::search_text(&self.db, session, key, limit as i64).await
+    }
+
+    async fn search_users(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
         let pattern = like_pattern(key);
         let sql = format!(
             "SELECT user_id FROM users WHERE LOWER(nickname) LIKE ? ESCAPE '\\' OR phone LIKE ? ESCAPE '\\' \
@@ -82,39 +109,37 @@ impl UserIndex for SqlSearch {
 pub struct ElasticSearch {
     client: Elasticsearch,
     users: String,
+    messages: String,
 }
 
+/// User names as keywords, searched with case-insensitive wildcards: substrings match the same
+/// for Chinese and English without an analysis plugin.
+const USERS_MAPPING: &str = r#"{"mappings": {"properties": {
+    "user_id": {"type": "keyword"}, "nickname": {"type": "keyword"},
+    "phone": {"type": "keyword"}, "description": {"type": "text"}}}}"#;
+
+/// Message text through the standard analyzer: words for English, single characters for
+/// Chinese, so a phrase query finds both.
+const MESSAGES_MAPPING: &str = r#"{"mappings": {"properties": {
+    "chat_session_id": {"type": "keyword"}, "content": {"type": "text"},
+    "created_at": {"type": "long"}}}}"#;
+
 impl ElasticSearch {
-    async fn ensure_users_index(&self) -> Result<(), BackendError> {
-        let exists =
-            self.client.indices().exists(IndicesExistsParts::Index(&[&self.users])).send().await.map_err(es)?;
+    async fn ensure_index(&self, name: &str, mapping: &str) -> Result<(), BackendError> {
+        let exists = self.client.indices().exists(IndicesExistsParts::Index(&[name])).send().await.map_err(es)?;
         if exists.status_code().is_success() {
             return Ok(());
         }
-        // Keywords, searched with case-insensitive wildcards: substring matches work the same
-        // for Chinese and English without an analysis plugin.
-        let mapping = json!({
-            "mappings": {"properties": {
-                "user_id": {"type": "keyword"},
-                "nickname": {"type": "keyword"},
-                "phone": {"type": "keyword"},
-                "description": {"type": "text"}
-            }}
-        });
-        let rsp = self
-            .client
-            .indices()
-            .create(IndicesCreateParts::Index(&self.users))
-            .body(mapping)
-            .send()
-            .await
-            .map_err(es)?;
+        let mapping: serde_json::Value = serde_json::from_str(mapping).expect("mapping constants are JSON");
+        let rsp =
+            self.client.indices().create(IndicesCreateParts::Index(name)).body(mapping).send().await.map_err(es)?;
         let status = rsp.status_code();
         let body = rsp.text().await.unwrap_or_default();
+        // Another service may have created it a moment ago.
         if status.is_success() || body.contains("resource_already_exists_exception") {
             Ok(())
         } else {
-            Err(BackendError::Search(format!("creating index {}: {status} {body}", self.users)))
+            Err(BackendError::Search(format!("creating index {name}: {status} {body}")))
         }
     }
 }
@@ -132,8 +157,42 @@ async fn checked(rsp: elasticsearch::http::response::Response) -> Result<serde_j
 }
 
 #[async_trait]
-impl UserIndex for ElasticSearch {
-    async fn upsert(&self, doc: &UserDoc) -> Result<(), BackendError> {
+impl SearchIndex for ElasticSearch {
+    async fn index_messages(&self, docs: &[MessageDoc]) -> Result<(), BackendError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut body: Vec<JsonBody<serde_json::Value>> = Vec::with_capacity(docs.len() * 2);
+        for d in docs {
+            body.push(json!({"index": {"_id": d.message_id}}).into());
+            body.push(
+                json!({"chat_session_id": d.chat_session_id, "content": d.content, "created_at": d.created_at}).into(),
+            );
+        }
+        let rsp = self.client.bulk(BulkParts::Index(&self.messages)).body(body).send().await.map_err(es)?;
+        let result = checked(rsp).await?;
+        if result["errors"].as_bool() == Some(true) {
+            return Err(BackendError::Search(format!("bulk indexing failed: {}", result["items"])));
+        }
+        Ok(())
+    }
+
+    async fn search_messages(&self, session: &str, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
+        let query = json!({
+            "size": limit,
+            "sort": [{"created_at": "desc"}],
+            "query": {"bool": {
+                "filter": [{"term": {"chat_session_id": session}}],
+                "must": [{"match_phrase": {"content": key}}]
+            }}
+        });
+        let rsp = self.client.search(SearchParts::Index(&[&self.messages])).body(query).send().await.map_err(es)?;
+        let body = checked(rsp).await?;
+        let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        Ok(hits.iter().filter_map(|h| h["_id"].as_str().map(str::to_string)).collect())
+    }
+
+    async fn upsert_user(&self, doc: &UserDoc) -> Result<(), BackendError> {
         let body = json!({
             "user_id": doc.user_id, "nickname": doc.nickname, "phone": doc.phone, "description": doc.description,
         });
@@ -148,7 +207,7 @@ impl UserIndex for ElasticSearch {
         checked(rsp).await.map(drop)
     }
 
-    async fn search(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
+    async fn search_users(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
         let pattern = wildcard(key);
         let query = json!({
             "size": limit,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chatmesh_common::Database;
 use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
-use chatmesh_common::search::UserIndex;
+use chatmesh_common::search::SearchIndex;
 use chatmesh_proto::friend_service_server::FriendServiceServer;
 use chatmesh_proto::user_service_client::UserServiceClient;
 
@@ -18,7 +18,7 @@ pub use error::FriendError;
 
 pub struct FriendDeps {
     pub db: Database,
-    pub index: Arc<dyn UserIndex>,
+    pub index: Arc<dyn SearchIndex>,
     pub users: GrpcChannel,
 }
 

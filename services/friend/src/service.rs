@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
-use chatmesh_common::search::UserIndex;
+use chatmesh_common::messages::{self, MessageRow};
+use chatmesh_common::search::SearchIndex;
 use chatmesh_proto::friend_service_server::FriendService;
 use chatmesh_proto::user_service_client::UserServiceClient;
 use chatmesh_proto::*;
@@ -22,7 +23,7 @@ pub const SEARCH_RESULTS: usize = 20;
 
 pub struct Friends {
     pub store: FriendStore,
-    pub index: Arc<dyn UserIndex>,
+    pub index: Arc<dyn SearchIndex>,
     pub users: UserServiceClient<GrpcChannel>,
 }
 
@@ -98,7 +99,7 @@ impl FriendService for Friends {
             // As the seed does: leave out yourself and your friends.
             let mut hidden: BTreeSet<String> = self.store.friends(&me).await?.into_iter().collect();
             hidden.insert(me);
-            let found = self.index.search(key, SEARCH_RESULTS + hidden.len()).await?;
+            let found = self.index.search_users(key, SEARCH_RESULTS + hidden.len()).await?;
             let ids: Vec<String> = found.into_iter().filter(|id| !hidden.contains(id)).take(SEARCH_RESULTS).collect();
             // A user the index knows but the database lost (or vice versa) is skipped, not fatal.
             let ids = self
@@ -123,22 +124,44 @@ impl FriendService for Friends {
                     peers.insert(s.chat_session_id.clone(), peer);
                 }
             }
-            let infos = self.infos(&peers.values().cloned().collect::<Vec<_>>()).await?;
+            // Each session's last message, with its sender, as the seed's list shows it.
+            let ids: Vec<String> = sessions.iter().map(|s| s.chat_session_id.clone()).collect();
+            let last: HashMap<String, MessageRow> = messages::last_of_sessions(&self.store.db, &ids)
+                .await?
+                .into_iter()
+                .map(|m| (m.chat_session_id.clone(), m))
+                .collect();
+            let mut wanted: Vec<String> = peers.values().cloned().collect();
+            wanted.extend(last.values().map(|m| m.user_id.clone()));
+            wanted.sort();
+            wanted.dedup();
+            let infos = self.infos(&wanted).await?;
             let chat_session_info_list = sessions
                 .into_iter()
-                .map(|s| match peers.get(&s.chat_session_id).and_then(|p| infos.get(p)) {
-                    Some(peer) => ChatSessionInfo {
-                        single_chat_friend_id: Some(peer.user_id.clone()),
-                        chat_session_id: s.chat_session_id,
-                        chat_session_name: peer.nickname.clone(),
-                        prev_message: None,
-                        avatar: Some(peer.avatar.clone()),
-                    },
-                    None => ChatSessionInfo {
-                        chat_session_id: s.chat_session_id,
-                        chat_session_name: s.chat_session_name,
-                        ..Default::default()
-                    },
+                .map(|s| {
+                    let prev_message = last.get(&s.chat_session_id).map(|m| {
+                        m.to_info(
+                            infos
+                                .get(&m.user_id)
+                                .cloned()
+                                .unwrap_or_else(|| UserInfo { user_id: m.user_id.clone(), ..Default::default() }),
+                        )
+                    });
+                    match peers.get(&s.chat_session_id).and_then(|p| infos.get(p)) {
+                        Some(peer) => ChatSessionInfo {
+                            single_chat_friend_id: Some(peer.user_id.clone()),
+                            chat_session_id: s.chat_session_id,
+                            chat_session_name: peer.nickname.clone(),
+                            prev_message,
+                            avatar: Some(peer.avatar.clone()),
+                        },
+                        None => ChatSessionInfo {
+                            chat_session_id: s.chat_session_id,
+                            chat_session_name: s.chat_session_name,
+                            prev_message,
+                            ..Default::default()
+                        },
+                    }
                 })
                 .collect();
             Ok::<_, FriendError>(GetChatSessionListRsp { chat_session_info_list, ..Default::default() })

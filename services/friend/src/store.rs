@@ -19,7 +19,7 @@ pub struct SessionRow {
 
 #[derive(Clone)]
 pub struct FriendStore {
-    db: Database,
+    pub db: Database,
 }
 
 impl FriendStore {
@@ -185,12 +185,7 @@ impl FriendStore {
     }
 
     pub async fn members(&self, session_id: &str) -> Result<Vec<String>, FriendError> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT user_id FROM chat_session_member WHERE chat_session_id = ? ORDER BY user_id")
-                .bind(session_id)
-                .fetch_all(&self.db.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(chatmesh_common::db::chat_members(&self.db, session_id).await?)
     }
 }
 

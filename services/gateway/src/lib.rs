@@ -1,6 +1,7 @@
 //! The gateway: the seed's HTTP routes (`POST /service/...`, protobuf or proto3-JSON bodies),
 //! login-session resolution, and the WebSocket that carries pushed notifications.
 
+pub mod bus;
 pub mod codec;
 pub mod notify;
 pub mod push;
@@ -15,6 +16,8 @@ use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::friend_service_client::FriendServiceClient;
+use chatmesh_proto::msg_storage_service_client::MsgStorageServiceClient;
+use chatmesh_proto::msg_transmit_service_client::MsgTransmitServiceClient;
 use chatmesh_proto::user_service_client::UserServiceClient;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +38,8 @@ pub struct Upstreams {
     pub user: GrpcChannel,
     pub file: GrpcChannel,
     pub friend: GrpcChannel,
+    pub transmit: GrpcChannel,
+    pub message: GrpcChannel,
 }
 
 /// Shared by every handler.
@@ -45,12 +50,24 @@ pub struct Gateway {
     pub user: UserServiceClient<GrpcChannel>,
     pub file: FileServiceClient<GrpcChannel>,
     pub friend: FriendServiceClient<GrpcChannel>,
+    pub transmit: MsgTransmitServiceClient<GrpcChannel>,
+    pub message: MsgStorageServiceClient<GrpcChannel>,
+    /// This instance's WebSocket connections.
     pub push: push::Connections,
+    /// The way to every instance's connections.
+    pub bus: bus::PushBus,
     pub args: Arc<GatewayArgs>,
 }
 
 impl Gateway {
-    pub fn new(args: GatewayArgs, sessions: LoginSessions, kv: Arc<dyn ExpiringStore>, up: Upstreams) -> Self {
+    pub fn new(
+        args: GatewayArgs,
+        sessions: LoginSessions,
+        kv: Arc<dyn ExpiringStore>,
+        up: Upstreams,
+        push: push::Connections,
+        bus: bus::PushBus,
+    ) -> Self {
         Self {
             sessions,
             kv,
@@ -63,7 +80,14 @@ impl Gateway {
             friend: FriendServiceClient::new(up.friend)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            push: push::Connections::default(),
+            transmit: MsgTransmitServiceClient::new(up.transmit)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            message: MsgStorageServiceClient::new(up.message)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            push,
+            bus,
             args: Arc::new(args),
         }
     }

@@ -11,11 +11,16 @@ use futures_util::future::BoxFuture;
 use crate::Gateway;
 
 impl Gateway {
-    /// Delivers `notify` to every connected device of `user_id`.
+    /// Delivers `notify` to every connected device of `user_id`, on whichever gateway.
     pub async fn notify(&self, user_id: &str, notify: NotifyMessage) {
-        let devices = self.push.deliver(user_id, &notify, None);
+        self.notify_all(&[user_id.to_string()], notify, None).await;
+    }
+
+    /// Delivers `notify` to every device of `users` except the one logged in with `skip_session`.
+    pub async fn notify_all(&self, users: &[String], notify: NotifyMessage, skip_session: Option<&str>) {
         metrics::counter!("chatmesh_gateway_notifications_total", "type" => notify.notify_type().as_str_name())
-            .increment(devices as u64);
+            .increment(users.len() as u64);
+        self.bus.send(users, &notify, skip_session).await;
     }
 
     /// Profiles by id, from the user service; empty on failure (the notification then carries
@@ -104,9 +109,20 @@ pub fn group_created(gw: Gateway, req: ChatSessionCreateReq, rsp: ChatSessionCre
         let mut members = req.member_id_list;
         members.sort();
         members.dedup();
-        for member in members {
-            gw.notify(&member, notify.clone()).await;
-        }
+        gw.notify_all(&members, notify, None).await;
     }
     .boxed()
+}
+
+/// Sends a new message through the transmit service and, once it is queued, pushes
+/// `CHAT_MESSAGE_NOTIFY` to every member's devices but the sending one.
+pub async fn new_message(gw: Gateway, req: NewMessageReq) -> Result<tonic::Response<NewMessageRsp>, tonic::Status> {
+    let sending_session = req.session_id.clone();
+    let rsp = gw.transmit.clone().get_transmit_target(req).await?.into_inner();
+    if rsp.success {
+        let remarks = NotifyRemarks::NewMessageInfo(NotifyNewMessage { message_info: rsp.message });
+        let notify = message(NotifyType::ChatMessageNotify, None, remarks);
+        gw.notify_all(&rsp.target_id_list, notify, sending_session.as_deref()).await;
+    }
+    Ok(tonic::Response::new(NewMessageRsp { request_id: rsp.request_id, success: rsp.success, errormsg: rsp.errormsg }))
 }

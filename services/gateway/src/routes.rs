@@ -66,6 +66,18 @@ pub fn router(gw: Gateway) -> Router {
         "/service/friend/create_chat_session" => friend.chat_session_create then notify::group_created,
         "/service/friend/get_chat_session_member" => friend.get_chat_session_member,
         "/service/friend/get_pending_friend_events" => friend.get_pending_friend_event_list,
+        "/service/message_storage/get_history" => message.get_history_msg,
+        "/service/message_storage/get_recent" => message.get_recent_msg,
+        "/service/message_storage/search_history" => message.msg_search,
+    );
+    // Sending answers with NewMessageRsp but calls GetTransmitTarget, then pushes.
+    let router = router.route(
+        "/service/message_transmit/new_message",
+        post(|State(gw): State<Gateway>, headers: HeaderMap, body: Body| async move {
+            let sender = gw.clone();
+            let call = move |req| notify::new_message(sender, req);
+            handle(&gw, "/service/message_transmit/new_message", &headers, body, call, None).await
+        }),
     );
     // Bodies are limited in `handle`, per route, so an oversized one still gets the seed's reply.
     router.layer(axum::extract::DefaultBodyLimit::disable()).with_state(gw)

@@ -35,7 +35,7 @@ async fn serve(gw: Gateway, mut socket: WebSocket) {
     let Some((user_id, session_id)) = authenticate(&gw, &mut socket).await else {
         return;
     };
-    let mut registration = gw.push.register(&user_id);
+    let mut registration = gw.push.register(&user_id, &session_id);
     tracing::debug!(%user_id, conn = registration.id, "websocket authenticated");
     let (mut tx, mut rx) = socket.split();
     let interval = gw.args.ws_ping_interval;

@@ -49,7 +49,7 @@ pub struct UserDeps {
     pub sessions: LoginSessions,
     pub files: GrpcChannel,
     pub sms: Arc<dyn SmsSender>,
-    pub index: Arc<dyn chatmesh_common::search::UserIndex>,
+    pub index: Arc<dyn chatmesh_common::search::SearchIndex>,
 }
 
 /// The gRPC service, ready to add to a tonic router.

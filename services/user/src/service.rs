@@ -7,7 +7,7 @@ use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
-use chatmesh_common::search::{UserDoc, UserIndex};
+use chatmesh_common::search::{SearchIndex, UserDoc};
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::user_service_server::UserService;
@@ -29,7 +29,7 @@ pub struct Users {
     pub codes: VerifyCodes,
     pub limits: Arc<dyn ExpiringStore>,
     pub files: FileServiceClient<GrpcChannel>,
-    pub index: Arc<dyn UserIndex>,
+    pub index: Arc<dyn SearchIndex>,
     pub max_avatar_bytes: usize,
 }
 
@@ -201,7 +201,7 @@ impl Users {
         let result = match self.store.by_id(user_id).await {
             Ok(Some(u)) => self
                 .index
-                .upsert(&UserDoc {
+                .upsert_user(&UserDoc {
                     user_id: u.user_id,
                     nickname: u.nickname,
                     phone: u.phone.unwrap_or_default(),

@@ -1,0 +1,49 @@
+//! The transmit service: for each new message, checks that the sender is a member of the
+//! session and that the content is what its type says, stores attachments with the file
+//! service (only their ids travel on), numbers and timestamps the message, queues it durably
+//! for storage, and returns it with the members it goes to. Served as `MsgTransmitService`.
+
+pub mod error;
+pub mod service;
+
+use std::sync::Arc;
+
+use chatmesh_common::Database;
+use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::queue::MessageQueue;
+use chatmesh_proto::file_service_client::FileServiceClient;
+use chatmesh_proto::msg_transmit_service_server::MsgTransmitServiceServer;
+use chatmesh_proto::user_service_client::UserServiceClient;
+
+pub use error::TransmitError;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransmitArgs {
+    /// Longest text message accepted, in bytes.
+    #[arg(long, env = "CHATMESH_MAX_TEXT_BYTES", default_value_t = 64 * 1024)]
+    pub max_text_bytes: usize,
+}
+
+pub struct TransmitDeps {
+    pub db: Database,
+    pub queue: Arc<dyn MessageQueue>,
+    pub users: GrpcChannel,
+    pub files: GrpcChannel,
+}
+
+pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> MsgTransmitServiceServer<service::Transmit> {
+    let transmit = service::Transmit {
+        db: deps.db,
+        queue: deps.queue,
+        users: UserServiceClient::new(deps.users)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        files: FileServiceClient::new(deps.files)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        max_text_bytes: args.max_text_bytes,
+    };
+    MsgTransmitServiceServer::new(transmit)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
