@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: eval "$(bash e2e/infra/up.sh mariadb redis [rabbitmq] [elasticsearch])"
+# Usage: eval "$(bash e2e/infra/up.sh mariadb redis [rabbitmq] [elasticsearch] [kube])"
 # Starts the named test servers in parallel (each script is idempotent) and
 # prints their `export ...` lines on stdout; logs go to stderr.
 set -euo pipefail
@@ -8,12 +8,12 @@ INFRA_NAME=up
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-(($# > 0)) || die "usage: up.sh {mariadb|redis|rabbitmq|elasticsearch}..."
+(($# > 0)) || die "usage: up.sh {mariadb|redis|rabbitmq|elasticsearch|kube}..."
 # Drop duplicates, keeping order: two runs of one script would race.
 mapfile -t names < <(printf '%s\n' "$@" | awk '!seen[$0]++')
 for name in "${names[@]}"; do
   [[ -f "$HERE/$name.sh" && "$name" != lib && "$name" != up ]] ||
-    die "unknown server '$name' (known: mariadb redis rabbitmq elasticsearch)"
+    die "unknown server '$name' (known: mariadb redis rabbitmq elasticsearch kube)"
 done
 
 OUT="$(mktemp -d)"

@@ -118,3 +118,13 @@ pub enum CallError {
     #[error("{0}")]
     Refused(String),
 }
+
+/// A generated gRPC client or server allowed messages up to [`MAX_MESSAGE_BYTES`] both ways
+/// (files travel inside messages; tonic's default is 4 MiB).
+#[macro_export]
+macro_rules! sized {
+    ($e:expr) => {
+        $e.max_decoding_message_size($crate::grpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::grpc::MAX_MESSAGE_BYTES)
+    };
+}

@@ -8,7 +8,6 @@ pub mod store;
 use std::path::PathBuf;
 
 use chatmesh_common::Database;
-use chatmesh_common::grpc::MAX_MESSAGE_BYTES;
 use chatmesh_proto::file_service_server::FileServiceServer;
 
 pub use error::FileError;
@@ -30,7 +29,5 @@ pub fn service(args: &FileArgs, db: Database, dir: PathBuf) -> FileServiceServer
         max_file_bytes: args.max_file_bytes,
         max_files: args.max_files_per_request,
     };
-    FileServiceServer::new(files)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    chatmesh_common::sized!(FileServiceServer::new(files))
 }

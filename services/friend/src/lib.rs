@@ -9,7 +9,7 @@ pub mod store;
 use std::sync::Arc;
 
 use chatmesh_common::Database;
-use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::grpc::GrpcChannel;
 use chatmesh_common::search::SearchIndex;
 use chatmesh_proto::friend_service_server::FriendServiceServer;
 use chatmesh_proto::user_service_client::UserServiceClient;
@@ -26,11 +26,7 @@ pub fn service(deps: FriendDeps) -> FriendServiceServer<service::Friends> {
     let friends = service::Friends {
         store: store::FriendStore::new(deps.db),
         index: deps.index,
-        users: UserServiceClient::new(deps.users)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
     };
-    FriendServiceServer::new(friends)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    chatmesh_common::sized!(FriendServiceServer::new(friends))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::grpc::GrpcChannel;
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::friend_service_client::FriendServiceClient;
@@ -71,21 +71,11 @@ impl Gateway {
         Self {
             sessions,
             kv,
-            user: UserServiceClient::new(up.user)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            file: FileServiceClient::new(up.file)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            friend: FriendServiceClient::new(up.friend)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            transmit: MsgTransmitServiceClient::new(up.transmit)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            message: MsgStorageServiceClient::new(up.message)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            user: chatmesh_common::sized!(UserServiceClient::new(up.user)),
+            file: chatmesh_common::sized!(FileServiceClient::new(up.file)),
+            friend: chatmesh_common::sized!(FriendServiceClient::new(up.friend)),
+            transmit: chatmesh_common::sized!(MsgTransmitServiceClient::new(up.transmit)),
+            message: chatmesh_common::sized!(MsgStorageServiceClient::new(up.message)),
             push,
             bus,
             args: Arc::new(args),

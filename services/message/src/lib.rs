@@ -10,7 +10,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use chatmesh_common::Database;
-use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::grpc::GrpcChannel;
 use chatmesh_common::search::SearchIndex;
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::msg_storage_service_server::MsgStorageServiceServer;
@@ -30,14 +30,8 @@ pub fn service(deps: MessageDeps) -> MsgStorageServiceServer<service::History> {
     let history = service::History {
         db: deps.db,
         index: deps.index,
-        users: UserServiceClient::new(deps.users)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        files: FileServiceClient::new(deps.files)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
+        files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),
     };
-    MsgStorageServiceServer::new(history)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    chatmesh_common::sized!(MsgStorageServiceServer::new(history))
 }

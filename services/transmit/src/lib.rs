@@ -9,7 +9,7 @@ pub mod service;
 use std::sync::Arc;
 
 use chatmesh_common::Database;
-use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::grpc::GrpcChannel;
 use chatmesh_common::queue::MessageQueue;
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::msg_transmit_service_server::MsgTransmitServiceServer;
@@ -35,15 +35,9 @@ pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> MsgTransmitServiceSer
     let transmit = service::Transmit {
         db: deps.db,
         queue: deps.queue,
-        users: UserServiceClient::new(deps.users)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        files: FileServiceClient::new(deps.files)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
+        files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),
         max_text_bytes: args.max_text_bytes,
     };
-    MsgTransmitServiceServer::new(transmit)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    chatmesh_common::sized!(MsgTransmitServiceServer::new(transmit))
 }

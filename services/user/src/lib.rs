@@ -10,7 +10,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-use chatmesh_common::grpc::{GrpcChannel, MAX_MESSAGE_BYTES};
+use chatmesh_common::grpc::GrpcChannel;
 use chatmesh_common::{Database, ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::user_service_server::UserServiceServer;
@@ -59,15 +59,11 @@ pub fn service(args: &UserArgs, deps: UserDeps) -> UserServiceServer<service::Us
         sessions: deps.sessions,
         codes: codes::VerifyCodes::new(deps.kv.clone(), deps.sms, args.sms_resend_interval),
         limits: deps.kv,
-        files: FileServiceClient::new(deps.files)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),
         index: deps.index,
         max_avatar_bytes: args.max_avatar_bytes,
     };
-    UserServiceServer::new(users)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    chatmesh_common::sized!(UserServiceServer::new(users))
 }
 
 /// The SMS sender the configuration names; `standalone` allows the development default.

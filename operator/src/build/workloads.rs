@@ -1,0 +1,251 @@
+//! The chatmesh services: per service a Deployment and a headless Service; the schema
+//! migration Job; the file service's volume claim.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::config::{self, FILES_DIR, TMP_DIR};
+use super::{ADMIN_PORT, CONFIG_HASH_ANNOTATION, Component, Ctx, GATEWAY_HTTP_PORT, GATEWAY_WS_PORT, short_hash};
+use crate::crd::AccessMode;
+
+/// An unprivileged user id with no meaning in the image (the binary needs no home or files).
+const UID: i64 = 65532;
+
+fn files_claim_name(ctx: &Ctx) -> String {
+    ctx.spec.files.existing_claim.clone().unwrap_or_else(|| ctx.child("files"))
+}
+
+/// The files volume's claim, unless the spec names an existing one.
+pub(super) fn files_claim(ctx: &Ctx) -> Option<PersistentVolumeClaim> {
+    let files = &ctx.spec.files;
+    if files.existing_claim.is_some() {
+        return None;
+    }
+    Some(PersistentVolumeClaim {
+        metadata: ctx.meta(files_claim_name(ctx), "file"),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![files.access_mode.as_str().into()]),
+            storage_class_name: files.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(files.size.clone().unwrap_or_else(|| "10Gi".into())),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    }
+}
+
+/// (name, port) of the ports a service's container listens on.
+fn ports(component: Component) -> Vec<(&'static str, i32)> {
+    let mut ports = match component.grpc_port() {
+        Some(grpc) => vec![("grpc", grpc)],
+        None => vec![("http", GATEWAY_HTTP_PORT), ("ws", GATEWAY_WS_PORT)],
+    };
+    ports.push(("admin", ADMIN_PORT));
+    ports
+}
+
+/// Headless: its DNS name resolves to every ready pod, and the callers balance over them.
+pub(super) fn headless_service(ctx: &Ctx, component: Component) -> Service {
+    Service {
+        metadata: ctx.meta(ctx.child(component.name()), component.name()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(ctx.selector(component.name())),
+            ports: Some(ports(component).into_iter().map(|(name, p)| port(name, p)).collect()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        read_only_root_filesystem: Some(true),
+        ..SecurityContext::default()
+    }
+}
+
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(UID),
+        run_as_group: Some(UID),
+        // Makes the files volume writable by that user.
+        fs_group: Some(UID),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn tmp_volume() -> (Volume, VolumeMount) {
+    (
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+        VolumeMount { name: "tmp".into(), mount_path: TMP_DIR.into(), ..VolumeMount::default() },
+    )
+}
+
+fn pull_secrets(ctx: &Ctx) -> Option<Vec<LocalObjectReference>> {
+    let secrets = &ctx.spec.image.pull_secrets;
+    (!secrets.is_empty()).then(|| secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect())
+}
+
+pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_hash: &str) -> Deployment {
+    let spec = component.spec(ctx.spec);
+    let name = component.name();
+    let (tmp, tmp_mount) = tmp_volume();
+    let mut volumes = vec![tmp];
+    let mut mounts = vec![tmp_mount];
+    if component == Component::File {
+        volumes.push(Volume {
+            name: "files".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: files_claim_name(ctx),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount { name: "files".into(), mount_path: FILES_DIR.into(), ..VolumeMount::default() });
+    }
+    let container = Container {
+        name: "chatmesh".into(),
+        image: Some(image.into()),
+        image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
+        env: Some(config::env(ctx, name, Some(component))),
+        env_from: Some(config::env_from(ctx)),
+        ports: Some(
+            ports(component)
+                .into_iter()
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.into()),
+                    container_port: port,
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        // Room to connect to the backends on a slow start before liveness counts.
+        startup_probe: Some(http_probe("/healthz", 2, 60)),
+        resources: spec.resources.clone(),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    // A ReadWriteOnce volume attaches to one node: a rolling update's new pod could wait
+    // forever for the old one's volume, so the file service is replaced instead.
+    let recreate = component == Component::File
+        && ctx.spec.files.existing_claim.is_none()
+        && ctx.spec.files.access_mode == AccessMode::ReadWriteOnce;
+    Deployment {
+        metadata: ctx.meta(ctx.child(name), name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector { match_labels: Some(ctx.selector(name)), ..LabelSelector::default() },
+            strategy: recreate.then(|| DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.labels(name)),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), config_hash.into())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    image_pull_secrets: pull_secrets(ctx),
+                    node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    affinity: spec.affinity.clone(),
+                    security_context: Some(restricted_pod()),
+                    // Services talk to the API server never, so they get no token.
+                    automount_service_account_token: Some(false),
+                    // Service links would inject variables such as CHATMESH_USER_PORT for a
+                    // Service named chatmesh-user, colliding with chatmesh's own flags.
+                    enable_service_links: Some(false),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// `chatmesh --target migrate` for the desired image. A Job's pod template is immutable, so
+/// its name carries a hash of the template: a new image (or database) makes a new Job.
+pub(super) fn migration_job(ctx: &Ctx) -> Job {
+    let (tmp, tmp_mount) = tmp_volume();
+    let container = Container {
+        name: "migrate".into(),
+        image: Some(ctx.image.clone()),
+        image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
+        env: Some(config::env(ctx, "migrate", None)),
+        env_from: Some(config::env_from(ctx)),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(vec![tmp_mount]),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(vec![tmp]),
+        restart_policy: Some("Never".into()),
+        image_pull_secrets: pull_secrets(ctx),
+        security_context: Some(restricted_pod()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        ..PodSpec::default()
+    };
+    let hash = short_hash(serde_json::to_string(&pod).expect("a pod spec serialises").as_bytes(), 10);
+    Job {
+        metadata: ctx.meta(ctx.child(&format!("migrate-{hash}")), "migrate"),
+        spec: Some(JobSpec {
+            // The database may still be starting on a first install: retry with backoff.
+            backoff_limit: Some(10),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(ctx.labels("migrate")), ..ObjectMeta::default() }),
+                spec: Some(pod),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}

@@ -1,0 +1,538 @@
+//! The `ChatSystem` custom resource (`chatmesh.io/v1alpha1`): its spec, its status, and the schema
+//! rules that make the API server refuse a bad spec before the operator ever sees it.
+//!
+//! Fields that later code reads with a fallback are `Option`s without a schema default, because
+//! a schema default is filled in by the API server before CEL rules run (e.g. a defaulted
+//! `files.size` would make "existingClaim excludes size" impossible to satisfy).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Container image of the chatmesh binary used by default (the tag defaults to the operator's
+/// own version, so an operator upgrade rolls the system it manages forward with it).
+pub const DEFAULT_REPOSITORY: &str = "ghcr.io/chatmesh/chatmesh";
+
+/// Desired state of one chatmesh installation.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "chatmesh.io",
+    version = "v1alpha1",
+    kind = "ChatSystem",
+    namespaced,
+    shortname = "chat",
+    category = "chatmesh",
+    status = "ChatSystemStatus",
+    derive = "PartialEq",
+    doc = "A whole chatmesh instant-messaging system: its services, their dependencies and how the gateway is exposed.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".status.gatewayEndpoint"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 32").message(
+        "metadata.name must be at most 32 characters: child names append suffixes such as -elasticsearch"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatSystemSpec {
+    /// Stop reconciling: the operator changes nothing until this is false again.
+    #[serde(default)]
+    pub paused: bool,
+    /// The chatmesh container image (one image serves every service).
+    #[serde(default)]
+    pub image: ImageSpec,
+    /// Per-service workload settings.
+    #[serde(default)]
+    pub services: ServicesSpec,
+    /// How the gateway (HTTP API and notification WebSocket) is exposed.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// Speech recognition provider.
+    #[serde(default)]
+    pub speech: SpeechSpec,
+    /// SMS provider for verification codes.
+    #[serde(default)]
+    pub sms: SmsSpec,
+    /// Relational database (MariaDB/MySQL).
+    #[serde(default)]
+    pub mysql: Dependency,
+    /// Sessions, verification codes, presence and rate limits.
+    #[serde(default)]
+    pub redis: Dependency,
+    /// Message queue between transmit and message storage.
+    #[serde(default)]
+    pub rabbitmq: Dependency,
+    /// Message and user search (Elasticsearch 7.10+ or OpenSearch).
+    #[serde(default)]
+    pub elasticsearch: Dependency,
+    /// Volume holding uploaded files (mounted by the file service).
+    #[serde(default)]
+    pub files: FilesSpec,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Image repository, without tag.
+    #[serde(default = "default_repository")]
+    #[schemars(regex(pattern = r"^[a-z0-9]+([._:/-][a-z0-9]+)*$"))]
+    pub repository: String,
+    /// Image tag [default: the operator's version].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"))]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// Names of Secrets (type dockerconfigjson) used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<String>,
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        Self { repository: default_repository(), tag: None, pull_policy: PullPolicy::default(), pull_secrets: vec![] }
+    }
+}
+
+fn default_repository() -> String {
+    DEFAULT_REPOSITORY.into()
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// One entry per chatmesh service; each runs as its own Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesSpec {
+    #[serde(default)]
+    pub gateway: ComponentSpec,
+    #[serde(default)]
+    pub user: ComponentSpec,
+    #[serde(default)]
+    pub friend: ComponentSpec,
+    #[serde(default)]
+    pub file: ComponentSpec,
+    #[serde(default)]
+    pub message: ComponentSpec,
+    #[serde(default)]
+    pub transmit: ComponentSpec,
+    #[serde(default)]
+    pub speech: ComponentSpec,
+}
+
+/// Workload settings of one service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSpec {
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// Compute resources of the service's container (core/v1 ResourceRequirements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<ResourceRequirements>>")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// core/v1 Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "terse::<Vec<Toleration>>")]
+    pub tolerations: Vec<Toleration>,
+    /// core/v1 Affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<Affinity>>")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment variables (core/v1 EnvVar); one with the name of an operator-set
+    /// variable replaces it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "terse::<Vec<EnvVar>>")]
+    pub env: Vec<EnvVar>,
+}
+
+impl Default for ComponentSpec {
+    fn default() -> Self {
+        Self {
+            replicas: one(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: vec![],
+            affinity: None,
+            env: vec![],
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub service: GatewayServiceSpec,
+    /// An Ingress for the HTTP port (the WebSocket is served there too, at `/ws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+/// The gateway's client-facing Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'ClusterIP' || (!has(self.httpNodePort) && !has(self.websocketNodePort))")
+    .message("httpNodePort and websocketNodePort need type NodePort or LoadBalancer"))]
+pub struct GatewayServiceSpec {
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    #[serde(default = "http_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http_port: i32,
+    #[serde(default = "ws_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub websocket_port: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub http_node_port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub websocket_node_port: Option<i32>,
+    /// Annotations of the Service (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for GatewayServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            http_port: http_port(),
+            websocket_port: ws_port(),
+            http_node_port: None,
+            websocket_node_port: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn http_port() -> i32 {
+    9000
+}
+fn ws_port() -> i32 {
+    9001
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name clients use, e.g. chat.example.com.
+    #[schemars(regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(length(max = 253))]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Secret (type kubernetes.io/tls) with the certificate for `host`; no TLS when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Speech recognition. Credentials come from a Secret: keys `apiKey` and `secretKey` for
+/// baidu, `apiKey` for openai.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.provider == 'offline' || has(self.credentialsSecret)")
+    .message("speech providers baidu and openai need credentialsSecret"))]
+pub struct SpeechSpec {
+    #[serde(default)]
+    pub provider: SpeechProvider,
+    /// Base URL of the provider's API (openai: any OpenAI-compatible server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SpeechProvider {
+    #[default]
+    Offline,
+    Baidu,
+    Openai,
+}
+
+impl SpeechProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::Baidu => "baidu",
+            Self::Openai => "openai",
+        }
+    }
+}
+
+/// SMS for verification codes. `log` writes codes to the user service's log: for development
+/// only. Aliyun credentials come from a Secret with keys `accessKeyId` and `accessKeySecret`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.provider != 'aliyun' || (has(self.credentialsSecret) && has(self.signName) && has(self.templateCode))")
+    .message("the aliyun SMS provider needs credentialsSecret, signName and templateCode"))]
+pub struct SmsSpec {
+    #[serde(default)]
+    pub provider: SmsProvider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub sign_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^SMS_[0-9]+$"))]
+    pub template_code: Option<String>,
+    /// Aliyun API endpoint [default: the service's public endpoint].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsProvider {
+    Aliyun,
+    #[default]
+    Log,
+}
+
+impl SmsProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aliyun => "aliyun",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// A backing server: run by the operator (`managed`) or reached at a URL kept in a Secret
+/// (`external`). Exactly one of the two.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.managed) != has(self.external)").message("set exactly one of managed or external"))]
+pub struct Dependency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalSpec>,
+}
+
+impl Default for Dependency {
+    fn default() -> Self {
+        Self { managed: Some(ManagedSpec::default()), external: None }
+    }
+}
+
+/// A single-replica StatefulSet run by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedSpec {
+    /// Server image [default: mariadb:11.4, redis:7.4, rabbitmq:4.1, elasticsearch:7.17.25].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Compute resources of the server's container (core/v1 ResourceRequirements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<ResourceRequirements>>")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size [default: 8Gi for MySQL and Elasticsearch, 1Gi for Redis, 2Gi for RabbitMQ].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: Option<String>,
+    /// StorageClass of the volume [default: the cluster's default class].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSpec {
+    /// Where the connection URL is (e.g. `mysql://user:pass@host:3306/db`).
+    pub url_secret: SecretKeyRef,
+}
+
+/// One key of a Secret in the ChatSystem's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default = "url_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn url_key() -> String {
+    "url".into()
+}
+
+/// The file service's volume: a claim the operator makes, or an existing one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))")
+    .message("existingClaim cannot be combined with size or storageClassName"))]
+pub struct FilesSpec {
+    /// Size of the claim the operator makes [default: 10Gi].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// ReadWriteMany lets file-service pods on different nodes share the volume; with
+    /// ReadWriteOnce the file service is replaced, not rolled, on updates.
+    #[serde(default)]
+    pub access_mode: AccessMode,
+    /// Use this PersistentVolumeClaim instead of making one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_claim: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessMode {
+    #[default]
+    ReadWriteOnce,
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadWriteOnce => "ReadWriteOnce",
+            Self::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+/// Observed state, written by the operator only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatSystemStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Ready and desired replicas of every service and managed server.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, ComponentStatus>,
+    /// Where clients connect: the ingress host, or the gateway Service's address and HTTP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_endpoint: Option<String>,
+    /// Image tag the services run now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The schema migration for the desired image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub ready_replicas: i32,
+    pub replicas: i32,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    pub job: String,
+    pub image: String,
+    pub state: MigrationState,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// The schema of an embedded Kubernetes type without its (long) field descriptions: the
+/// structure and validation stay, but seven copies of Affinity's documentation would make the
+/// CRD too big for a client-side `kubectl apply` (its annotation limit is 256 KiB).
+fn terse<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("description");
+                for (key, child) in map.iter_mut() {
+                    if key == "properties" {
+                        // Keys here are field names (one may be called "description").
+                        if let serde_json::Value::Object(fields) = child {
+                            fields.values_mut().for_each(strip);
+                        }
+                    } else {
+                        strip(child);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = generator.subschema_for::<T>().to_value();
+    strip(&mut value);
+    schemars::Schema::try_from(value).expect("a schema stays a schema")
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = ChatSystem::crd();
+    let yaml = serde_saphyr::to_string(&crd).expect("a CRD always serialises");
+    format!("# Generated by `cargo run -p chatmesh-operator --bin crdgen`; do not edit.\n---\n{yaml}")
+}

@@ -1,0 +1,143 @@
+//! The operator process: watches ChatSystems (and the children it owns) and reconciles each.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chatmesh_operator::build::{Defaults, LABEL_MANAGED_BY, MANAGER};
+use chatmesh_operator::crd::ChatSystem;
+use chatmesh_operator::reconcile::{self, Context};
+use clap::Parser;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "chatmesh-operator", version, about = "Reconciles ChatSystem resources into running chatmesh systems")]
+struct Cli {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "CHATMESH_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Watch only this namespace [default: all namespaces].
+    #[arg(long, env = "CHATMESH_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Look at every ChatSystem again after this long, changed or not.
+    #[arg(long, env = "CHATMESH_OPERATOR_RESYNC", default_value = "5m", value_parser = parse_duration)]
+    resync: Duration,
+    /// Image tag for ChatSystems that set none [default: the operator's version].
+    #[arg(long, env = "CHATMESH_OPERATOR_DEFAULT_TAG")]
+    default_tag: Option<String>,
+    /// Name of this replica in Events (e.g. the pod name).
+    #[arg(long, env = "CHATMESH_OPERATOR_POD_NAME")]
+    pod_name: Option<String>,
+    /// Log filter, e.g. `info` or `info,kube=debug`.
+    #[arg(long, env = "CHATMESH_OPERATOR_LOG", default_value = "info")]
+    log: String,
+    #[arg(long, env = "CHATMESH_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// `30s`, `5m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("unknown unit in {s:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_logs(filter: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    init_logs(&cli.log, cli.log_format);
+    chatmesh_operator::install_tls_provider();
+    chatmesh_operator::metrics::handle();
+    let server = tokio::spawn(chatmesh_operator::metrics::serve(cli.listen));
+
+    let client = Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    tracing::info!(server = %version.git_version, "connected to the API server");
+
+    let chat_systems: Api<ChatSystem> = match &cli.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Fail early and clearly when the CRD is missing, rather than a watcher retrying forever.
+    if let Err(err) = chat_systems.list(&ListParams::default().limit(1)).await {
+        return Err(format!("cannot list ChatSystems ({err}); is crds/chatmesh.io_chatsystems.yaml applied?").into());
+    }
+    chatmesh_operator::metrics::READY.store(true, Ordering::Relaxed);
+
+    let reporter = Reporter { controller: MANAGER.into(), instance: cli.pod_name.clone() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        defaults: cli.default_tag.clone().map(|tag| Defaults { tag }).unwrap_or_default(),
+        requeue: cli.resync,
+    });
+
+    // Children are watched only through our label, so the operator does not cache every
+    // Secret and Deployment in the cluster.
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
+        client: &Client,
+        ns: &Option<String>,
+    ) -> Api<K> {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = &cli.namespace;
+    let controller = Controller::new(chat_systems, watcher::Config::default())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<Job>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Secret>(&client, ns), owned.clone())
+        .owns(api::<Ingress>(&client, ns), owned)
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile attempt failed");
+            }
+        });
+    tokio::select! {
+        () = controller => tracing::info!("controller stopped"),
+        result = server => {
+            result??;
+            return Err("the health and metrics server stopped".into());
+        }
+    }
+    Ok(())
+}

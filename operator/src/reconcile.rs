@@ -1,0 +1,460 @@
+//! The impure edges of a pass: read the cluster, apply what `build` produced, delete orphans,
+//! write the status, and tell about it (Events, logs, metrics).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use rand::Rng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::build::{
+    self, Component, Defaults, Desired, JobState, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER, Observed, kind_of,
+};
+use crate::crd::{ChatSystem, ChatSystemStatus};
+use crate::status::{self, Applied, DEGRADED, READY};
+use crate::validate::{self, SecretLookup};
+
+/// What every pass shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub defaults: Defaults,
+    /// How often a ChatSystem is looked at again without any change (catches drift that no
+    /// watch reports, e.g. an edited external Secret).
+    pub requeue: Duration,
+}
+
+/// One pass for one ChatSystem: the controller's reconcile function.
+pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = run(&cs, &ctx).await;
+    crate::metrics::reconciled(started.elapsed(), result.as_ref().map(|_| ()));
+    if let Err(err) = &result {
+        tracing::warn!(chatsystem = %cs.name_any(), namespace = ?cs.namespace(), error = %err, "reconcile failed");
+        report_failure(&cs, &ctx, err).await;
+    }
+    result
+}
+
+/// The controller's error policy: try again soon (the failure is already reported).
+pub fn error_policy(_cs: Arc<ChatSystem>, _err: &Error, _ctx: Arc<Context>) -> Action {
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
+    let name = cs.name_any();
+    let ns = cs.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    if cs.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the children; applying them again
+        // would only race it.
+        return Ok(Action::await_change());
+    }
+    if cs.spec.paused {
+        write_status(cs, ctx, status::paused(cs, Timestamp::now())).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Read.
+    let existing = Existing::read(&ctx.client, &ns, &name).await?;
+    let lookups = read_external(&ctx.client, &ns, &cs.spec).await?;
+
+    // Validate.
+    let external_digests = match validate::validate(&cs.spec, &lookups) {
+        Ok(digests) => digests,
+        Err(problems) => {
+            tracing::info!(chatsystem = %name, namespace = %ns, ?problems, "spec cannot be acted on");
+            let new = status::invalid(cs, &problems, Timestamp::now());
+            if transitioned(cs.status.as_ref(), &new, DEGRADED) {
+                publish(ctx, cs, EventType::Warning, "InvalidSpec", "Validate", problems.join("; ")).await;
+            }
+            write_status(cs, ctx, new).await?;
+            // User Secrets are not watched (only our own children are): look again soon.
+            return Ok(Action::requeue(ctx.requeue.min(Duration::from_secs(30))));
+        }
+    };
+
+    // Build.
+    let (credentials, generated) = complete_credentials(existing.credentials(&name), &build::credential_keys(&cs.spec));
+    if !generated.is_empty() {
+        tracing::info!(chatsystem = %name, keys = ?generated, "generated credentials");
+    }
+    let observed = Observed {
+        credentials,
+        external_digests,
+        deployed_images: existing.deployed_images(&name),
+        jobs: existing.job_states(),
+    };
+    let desired = build::build(cs, &observed, &ctx.defaults);
+
+    // Apply, in order: configuration, volumes, Services, servers, the migration, services.
+    let mut changes = vec![];
+    let mut apply = Applier { ctx, ns: &ns, before: &existing.versions, changes: &mut changes };
+    for o in &desired.secrets {
+        apply.apply(o).await?;
+    }
+    for o in &desired.config_maps {
+        apply.apply(o).await?;
+    }
+    for o in &desired.pvcs {
+        apply.apply(o).await?;
+    }
+    let mut public_service = None;
+    for o in &desired.services {
+        let svc = apply.apply(o).await?;
+        if svc.name_any() == format!("{name}-public") {
+            public_service = Some(svc);
+        }
+    }
+    let mut stateful_sets = vec![];
+    for o in &desired.stateful_sets {
+        stateful_sets.push(apply.apply(o).await?);
+    }
+    for o in &desired.jobs {
+        apply.apply(o).await?;
+    }
+    let mut deployments = vec![];
+    for o in &desired.deployments {
+        deployments.push(apply.apply(o).await?);
+    }
+    for o in &desired.ingresses {
+        apply.apply(o).await?;
+    }
+    let deleted = delete_orphans(ctx, &ns, cs, &desired, &existing).await?;
+
+    for (verb, kind, child) in changes.iter().chain(&deleted) {
+        tracing::info!(chatsystem = %name, namespace = %ns, kind, name = %child, "{verb}");
+        publish(ctx, cs, EventType::Normal, verb, verb, format!("{verb} {kind} {child}")).await;
+    }
+
+    // Status.
+    let applied = Applied {
+        desired: &desired,
+        deployments: &deployments,
+        stateful_sets: &stateful_sets,
+        public_service: public_service.as_ref(),
+    };
+    let new = status::compute(cs, &applied, Timestamp::now());
+    for type_ in [READY, DEGRADED] {
+        if transitioned(cs.status.as_ref(), &new, type_)
+            && let Some(c) = status::condition(Some(&new), type_)
+        {
+            let warn = (type_ == DEGRADED) == (c.status == "True");
+            let kind = if warn { EventType::Warning } else { EventType::Normal };
+            publish(ctx, cs, kind, &c.reason, "Reconcile", c.message.clone()).await;
+        }
+    }
+    write_status(cs, ctx, new).await?;
+    Ok(Action::requeue(ctx.requeue))
+}
+
+/// Whether condition `type_` has a different status in `new` than in `old`.
+fn transitioned(old: Option<&ChatSystemStatus>, new: &ChatSystemStatus, type_: &str) -> bool {
+    let before = status::condition(old, type_).map(|c| c.status.as_str());
+    let after = status::condition(Some(new), type_).map(|c| c.status.as_str());
+    before != after
+}
+
+/// Every child this ChatSystem has now, found by its labels.
+struct Existing {
+    secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
+    services: Vec<Service>,
+    stateful_sets: Vec<StatefulSet>,
+    jobs: Vec<Job>,
+    deployments: Vec<Deployment>,
+    ingresses: Vec<Ingress>,
+    /// resourceVersion of every child by (kind, name), to tell created and updated apart.
+    versions: BTreeMap<(&'static str, String), String>,
+}
+
+async fn list<K>(client: &Client, ns: &str, selector: &str) -> Result<Vec<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|source| Error::Read { what: format!("{} list", kind_of::<K>()), source })?;
+    Ok(list.items)
+}
+
+fn versions<K: Resource<DynamicType = ()> + k8s_openapi::Resource>(
+    out: &mut BTreeMap<(&'static str, String), String>,
+    items: &[K],
+) {
+    for item in items {
+        out.insert((kind_of::<K>(), item.name_any()), item.resource_version().unwrap_or_default());
+    }
+}
+
+impl Existing {
+    async fn read(client: &Client, ns: &str, name: &str) -> Result<Self, Error> {
+        let selector = format!("{LABEL_INSTANCE}={name},{LABEL_MANAGED_BY}={MANAGER}");
+        let existing = Existing {
+            secrets: list(client, ns, &selector).await?,
+            config_maps: list(client, ns, &selector).await?,
+            services: list(client, ns, &selector).await?,
+            stateful_sets: list(client, ns, &selector).await?,
+            jobs: list(client, ns, &selector).await?,
+            deployments: list(client, ns, &selector).await?,
+            ingresses: list(client, ns, &selector).await?,
+            versions: BTreeMap::new(),
+        };
+        // Claims are listed only to tell created from updated: they are never deleted here.
+        let pvcs: Vec<PersistentVolumeClaim> = list(client, ns, &selector).await?;
+        let mut v = BTreeMap::new();
+        versions(&mut v, &existing.secrets);
+        versions(&mut v, &existing.config_maps);
+        versions(&mut v, &pvcs);
+        versions(&mut v, &existing.services);
+        versions(&mut v, &existing.stateful_sets);
+        versions(&mut v, &existing.jobs);
+        versions(&mut v, &existing.deployments);
+        versions(&mut v, &existing.ingresses);
+        Ok(Existing { versions: v, ..existing })
+    }
+
+    /// The generated passwords so far (kept forever: the servers' data was made with them).
+    fn credentials(&self, name: &str) -> BTreeMap<String, String> {
+        let secret_name = format!("{name}-credentials");
+        self.secrets
+            .iter()
+            .find(|s| s.name_any() == secret_name)
+            .and_then(|s| s.data.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect()
+    }
+
+    fn deployed_images(&self, name: &str) -> BTreeMap<Component, String> {
+        let mut images = BTreeMap::new();
+        for component in Component::ALL {
+            let dep_name = format!("{name}-{}", component.name());
+            let image = self
+                .deployments
+                .iter()
+                .find(|d| d.name_any() == dep_name)
+                .and_then(|d| d.spec.as_ref()?.template.spec.as_ref()?.containers.first()?.image.clone());
+            if let Some(image) = image {
+                images.insert(component, image);
+            }
+        }
+        images
+    }
+
+    fn job_states(&self) -> BTreeMap<String, JobState> {
+        self.jobs.iter().map(|job| (job.name_any(), job_state(job))).collect()
+    }
+}
+
+fn job_state(job: &Job) -> JobState {
+    let Some(status) = &job.status else { return JobState::Running };
+    let condition = |type_: &str| status.conditions.iter().flatten().any(|c| c.type_ == type_ && c.status == "True");
+    if condition("Complete") || status.succeeded.unwrap_or(0) > 0 {
+        JobState::Succeeded
+    } else if condition("Failed") {
+        JobState::Failed
+    } else {
+        JobState::Running
+    }
+}
+
+/// Looks up every Secret key the spec references (values are reduced to digests at once).
+async fn read_external(
+    client: &Client,
+    ns: &str,
+    spec: &crate::crd::ChatSystemSpec,
+) -> Result<BTreeMap<(String, String), SecretLookup>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut secrets: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    let mut lookups = BTreeMap::new();
+    for r in build::external_refs(spec) {
+        if !secrets.contains_key(&r.secret) {
+            let secret = api
+                .get_opt(&r.secret)
+                .await
+                .map_err(|source| Error::Read { what: format!("Secret {}", r.secret), source })?;
+            secrets.insert(r.secret.clone(), secret);
+        }
+        let found = validate::lookup(secrets[&r.secret].as_ref(), &r.key);
+        lookups.insert((r.secret, r.key), found);
+    }
+    Ok(lookups)
+}
+
+/// `existing` plus a fresh random password for every needed key it lacks; also returns the
+/// keys generated.
+fn complete_credentials(
+    mut existing: BTreeMap<String, String>,
+    needed: &[&'static str],
+) -> (BTreeMap<String, String>, Vec<&'static str>) {
+    let mut generated = vec![];
+    for key in needed {
+        if !existing.contains_key(*key) {
+            // Alphanumeric only: the passwords go into URLs unescaped.
+            let password: String =
+                rand::rng().sample_iter(&rand::distr::Alphanumeric).take(32).map(char::from).collect();
+            existing.insert(key.to_string(), password);
+            generated.push(*key);
+        }
+    }
+    (existing, generated)
+}
+
+/// Server-side applies children and notes which were created or changed.
+struct Applier<'a> {
+    ctx: &'a Context,
+    ns: &'a str,
+    before: &'a BTreeMap<(&'static str, String), String>,
+    changes: &'a mut Vec<(&'static str, &'static str, String)>,
+}
+
+impl Applier<'_> {
+    async fn apply<K>(&mut self, obj: &K) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + k8s_openapi::Resource
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), self.ns);
+        let name = obj.name_any();
+        let kind = kind_of::<K>();
+        // One field manager, forced: this operator owns these fields, and an edit by hand is
+        // drift to undo. Applying an unchanged object is a no-op (no new resourceVersion).
+        let params = PatchParams::apply(MANAGER).force();
+        let applied = api.patch(&name, &params, &Patch::Apply(obj)).await.map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+        match self.before.get(&(kind, name.clone())) {
+            None => self.changes.push(("Created", kind, name)),
+            Some(rv) if Some(rv) != applied.meta().resource_version.as_ref() => {
+                self.changes.push(("Updated", kind, name))
+            }
+            Some(_) => {}
+        }
+        Ok(applied)
+    }
+}
+
+/// Deletes every labelled child of this ChatSystem that this pass did not produce (e.g. the
+/// StatefulSet of a server switched to external, an old migration Job). Volume claims are never
+/// deleted here: data goes only with the ChatSystem itself.
+async fn delete_orphans(
+    ctx: &Context,
+    ns: &str,
+    cs: &ChatSystem,
+    desired: &Desired,
+    existing: &Existing,
+) -> Result<Vec<(&'static str, &'static str, String)>, Error> {
+    let wanted: BTreeSet<(&'static str, String)> = desired.names().into_iter().collect();
+    let uid = cs.uid();
+    let mut deleted = vec![];
+    async fn sweep<K>(
+        ctx: &Context,
+        ns: &str,
+        items: &[K],
+        wanted: &BTreeSet<(&'static str, String)>,
+        uid: &Option<String>,
+        deleted: &mut Vec<(&'static str, &'static str, String)>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + k8s_openapi::Resource
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let kind = kind_of::<K>();
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+        for item in items {
+            let name = item.name_any();
+            // Only objects this ChatSystem controls: labels alone could be copied by anyone.
+            let ours =
+                item.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+            if !ours || wanted.contains(&(kind, name.clone())) || item.meta().deletion_timestamp.is_some() {
+                continue;
+            }
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(("Deleted", kind, name)),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(source) => return Err(Error::Delete { kind, name, source }),
+            }
+        }
+        Ok(())
+    }
+    // Workloads before the configuration they read.
+    sweep(ctx, ns, &existing.ingresses, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.deployments, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.jobs, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.stateful_sets, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.services, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.config_maps, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.secrets, &wanted, &uid, &mut deleted).await?;
+    Ok(deleted)
+}
+
+/// Writes the status if it differs from the one stored (steady state writes nothing).
+async fn write_status(cs: &ChatSystem, ctx: &Context, new: ChatSystemStatus) -> Result<(), Error> {
+    if cs.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let api: Api<ChatSystem> = Api::namespaced(ctx.client.clone(), &cs.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": ChatSystem::api_version(&()),
+        "kind": ChatSystem::kind(&()),
+        "status": new,
+    });
+    api.patch_status(&cs.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::Status)?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, cs: &ChatSystem, type_: EventType, reason: &str, action: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        // The API server refuses notes over 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &cs.object_ref(&())).await {
+        tracing::warn!(error = %err, "could not publish an event");
+    }
+}
+
+/// A failed pass: a Warning event and `Degraded=True` with the error (best effort: the API
+/// server may be what failed).
+async fn report_failure(cs: &ChatSystem, ctx: &Context, err: &Error) {
+    publish(ctx, cs, EventType::Warning, "ReconcileFailed", "Reconcile", err.to_string()).await;
+    let new = status::failed(cs, &err.to_string(), Timestamp::now());
+    if let Err(status_err) = write_status(cs, ctx, new).await {
+        tracing::warn!(error = %status_err, "could not record the failure in the status");
+    }
+}

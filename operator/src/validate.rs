@@ -1,0 +1,49 @@
+//! Checks the API server's schema cannot make: that every Secret key the spec references exists.
+//! Pure: the read step looks the keys up, this judges them.
+
+use std::collections::BTreeMap;
+
+use crate::build::{ExternalRef, digest, external_refs};
+use crate::crd::ChatSystemSpec;
+
+/// What the read step found for one referenced Secret key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretLookup {
+    /// The value's digest (the value itself goes no further than the read step).
+    Found(String),
+    NoSecret,
+    NoKey,
+}
+
+/// Digests of every referenced key, or one message per problem (field, Secret and key named).
+pub fn validate(
+    spec: &ChatSystemSpec,
+    lookups: &BTreeMap<(String, String), SecretLookup>,
+) -> Result<BTreeMap<(String, String), String>, Vec<String>> {
+    let mut digests = BTreeMap::new();
+    let mut problems = vec![];
+    for ExternalRef { secret, key, field } in external_refs(spec) {
+        match lookups.get(&(secret.clone(), key.clone())) {
+            Some(SecretLookup::Found(digest)) => {
+                digests.insert((secret, key), digest.clone());
+            }
+            Some(SecretLookup::NoKey) => problems.push(format!("{field}: Secret {secret:?} has no key {key:?}")),
+            Some(SecretLookup::NoSecret) | None => problems.push(format!("{field}: Secret {secret:?} not found")),
+        }
+    }
+    problems.dedup();
+    if problems.is_empty() { Ok(digests) } else { Err(problems) }
+}
+
+/// Looks a key up in a Secret's data as the read step got it.
+pub fn lookup(secret: Option<&k8s_openapi::api::core::v1::Secret>, key: &str) -> SecretLookup {
+    let Some(secret) = secret else { return SecretLookup::NoSecret };
+    let value = secret.data.as_ref().and_then(|d| d.get(key)).map(|v| v.0.as_slice()).or_else(|| {
+        // stringData is write-only on a real server; kept for objects built in memory.
+        secret.string_data.as_ref().and_then(|d| d.get(key)).map(|v| v.as_bytes())
+    });
+    match value {
+        Some(value) => SecretLookup::Found(digest(value)),
+        None => SecretLookup::NoKey,
+    }
+}

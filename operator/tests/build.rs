@@ -1,0 +1,524 @@
+//! The pure part of a reconcile pass, spec -> desired objects, from the YAML fixtures in
+//! `tests/fixtures/`. No API server: everything here is in memory.
+
+use std::collections::BTreeMap;
+
+use chatmesh_operator::build::{
+    self, CONFIG_HASH_ANNOTATION, Component, Defaults, Desired, Infra, JobState, LABEL_INSTANCE, LABEL_MANAGED_BY,
+    MANAGER, Observed,
+};
+use chatmesh_operator::crd::{ChatSystem, Dependency, ExternalSpec, SecretKeyRef};
+use chatmesh_operator::status::{self, Applied};
+use chatmesh_operator::validate::{self, SecretLookup};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+use k8s_openapi::jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+fn load(name: &str) -> ChatSystem {
+    let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// What the read step would find on a cluster holding nothing yet (passwords made up).
+fn observed(cs: &ChatSystem) -> Observed {
+    Observed {
+        credentials: build::credential_keys(&cs.spec).into_iter().map(|k| (k.to_string(), format!("pw{k}"))).collect(),
+        external_digests: build::external_refs(&cs.spec)
+            .into_iter()
+            .map(|r| ((r.secret, r.key), "digest".to_string()))
+            .collect(),
+        ..Observed::default()
+    }
+}
+
+fn defaults() -> Defaults {
+    Defaults { tag: "0.9.0".into() }
+}
+
+/// The objects once the migration for the spec's image has succeeded.
+fn migrated(cs: &ChatSystem) -> Desired {
+    let mut obs = observed(cs);
+    let first = build::build(cs, &obs, &defaults());
+    obs.jobs.insert(first.migration_job, JobState::Succeeded);
+    build::build(cs, &obs, &defaults())
+}
+
+fn named<'a, K: Resource>(items: &'a [K], name: &str) -> &'a K {
+    items.iter().find(|o| o.meta().name.as_deref() == Some(name)).unwrap_or_else(|| {
+        panic!("no {name} among {:?}", items.iter().map(|o| o.meta().name.clone()).collect::<Vec<_>>())
+    })
+}
+
+fn container(d: &Deployment) -> &Container {
+    &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.as_ref().unwrap().iter().find(|e| e.name == name)
+}
+
+/// (secret, key) an environment variable is read from.
+fn secret_ref(c: &Container, name: &str) -> (String, String) {
+    let sel = env(c, name).unwrap().value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    (sel.name.clone(), sel.key.clone())
+}
+
+fn secret_data(d: &Desired, name: &str) -> BTreeMap<String, String> {
+    let s = named(&d.secrets, name);
+    s.data.clone().unwrap().into_iter().map(|(k, v)| (k, String::from_utf8(v.0).unwrap())).collect()
+}
+
+fn hash_of(d: &Deployment) -> String {
+    let meta = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+    meta.annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
+}
+
+#[test]
+fn defaults_make_a_whole_system() {
+    let cs = load("minimal");
+    let d = migrated(&cs);
+
+    // Generated passwords in one Secret, the URLs built from them in another.
+    assert_eq!(
+        secret_data(&d, "demo-credentials").keys().collect::<Vec<_>>(),
+        ["mysql-password", "mysql-root-password", "rabbitmq-password", "redis-password"]
+    );
+    let urls = secret_data(&d, "demo-connections");
+    assert_eq!(urls["database-url"], "mysql://chatmesh:pwmysql-password@demo-mysql:3306/chatmesh");
+    assert_eq!(urls["redis-url"], "redis://:pwredis-password@demo-redis:6379");
+    assert_eq!(urls["amqp-url"], "amqp://chatmesh:pwrabbitmq-password@demo-rabbitmq:5672/%2f");
+    assert_eq!(urls["search-url"], "http://demo-elasticsearch:9200");
+
+    // The ConfigMap: settings and service addresses, never a secret.
+    let cm = named(&d.config_maps, "demo-config").data.clone().unwrap();
+    assert_eq!(cm["CHATMESH_LOG_FORMAT"], "json");
+    assert_eq!(cm["CHATMESH_AUTO_MIGRATE"], "false");
+    assert_eq!(cm["CHATMESH_SMS_PROVIDER"], "log");
+    assert_eq!(cm["CHATMESH_SPEECH_PROVIDER"], "offline");
+    assert_eq!(cm["CHATMESH_USER_ADDR"], "http://demo-user:10003");
+    assert_eq!(cm["CHATMESH_SPEECH_ADDR"], "http://demo-speech:10001");
+    assert_eq!(cm["CHATMESH_FILE_ADDR"], "http://demo-file:10002");
+    assert_eq!(cm["CHATMESH_TRANSMIT_ADDR"], "http://demo-transmit:10004");
+    assert_eq!(cm["CHATMESH_MESSAGE_ADDR"], "http://demo-message:10005");
+    assert_eq!(cm["CHATMESH_FRIEND_ADDR"], "http://demo-friend:10006");
+    for value in cm.values() {
+        assert!(!value.contains("pw"), "a secret leaked into the ConfigMap: {value}");
+    }
+
+    // Managed servers: StatefulSet + headless Service, default images and sizes.
+    let sizes = [("mysql", "mariadb:11.4", "8Gi"), ("redis", "redis:7.4", "1Gi"), ("rabbitmq", "rabbitmq:4.1", "2Gi")];
+    for (infra, image, size) in sizes.into_iter().chain([("elasticsearch", "elasticsearch:7.17.25", "8Gi")]) {
+        let sts = named(&d.stateful_sets, &format!("demo-{infra}"));
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.service_name.as_deref(), Some(format!("demo-{infra}").as_str()));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert!(pod.containers[0].image.as_ref().unwrap().ends_with(image), "{infra}");
+        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        let requests = claim.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["storage"].0, size, "{infra}");
+        let svc = named(&d.services, &format!("demo-{infra}"));
+        assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+    }
+    assert_eq!(d.stateful_sets.len(), 4);
+
+    // One Deployment and one headless Service per service, plus the public gateway Service.
+    assert_eq!(d.deployments.len(), 7);
+    assert_eq!(d.services.len(), 4 + 7 + 1);
+    for component in Component::ALL {
+        let dep = named(&d.deployments, &format!("demo-{}", component.name()));
+        let c = container(dep);
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/chatmesh/chatmesh:0.9.0"));
+        assert_eq!(env(c, "CHATMESH_TARGET").unwrap().value.as_deref(), Some(component.name()));
+        assert_eq!(secret_ref(c, "CHATMESH_DATABASE_URL"), ("demo-connections".into(), "database-url".into()));
+        assert_eq!(secret_ref(c, "CHATMESH_REDIS_URL"), ("demo-connections".into(), "redis-url".into()));
+        assert_eq!(c.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "demo-config");
+        assert_eq!(hash_of(dep), d.config_hash);
+        // Probes on the admin port; a locked-down container.
+        let probe = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+        let pod = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        assert_eq!(pod.enable_service_links, Some(false));
+        let svc = named(&d.services, &format!("demo-{}", component.name()));
+        assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+    }
+    let ports = |name: &str| -> Vec<i32> {
+        named(&d.services, name).spec.as_ref().unwrap().ports.as_ref().unwrap().iter().map(|p| p.port).collect()
+    };
+    assert_eq!(ports("demo-gateway"), [9000, 9001, 9100]);
+    assert_eq!(ports("demo-speech"), [10001, 9100]);
+    assert_eq!(ports("demo-friend"), [10006, 9100]);
+    assert_eq!(ports("demo-public"), [9000, 9001]);
+    assert_eq!(named(&d.services, "demo-public").spec.as_ref().unwrap().type_.as_deref(), Some("ClusterIP"));
+    assert!(d.ingresses.is_empty());
+
+    // The file service mounts its claim and is replaced, not rolled (ReadWriteOnce).
+    assert_eq!(
+        named(&d.pvcs, "demo-files").spec.as_ref().unwrap().access_modes.as_deref(),
+        Some(&["ReadWriteOnce".to_string()][..])
+    );
+    let file = named(&d.deployments, "demo-file");
+    let fspec = file.spec.as_ref().unwrap();
+    assert_eq!(fspec.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"));
+    let volumes = fspec.template.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    assert!(volumes.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == "demo-files")));
+
+    // The migration Job runs the same image with --target migrate.
+    let job = named(&d.jobs, &d.migration_job);
+    assert!(d.migration_job.starts_with("demo-migrate-"));
+    let jc = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(jc.image.as_deref(), Some("ghcr.io/chatmesh/chatmesh:0.9.0"));
+    assert_eq!(env(jc, "CHATMESH_TARGET").unwrap().value.as_deref(), Some("migrate"));
+
+    // Every object: labelled for orphan cleanup and controlled by the ChatSystem.
+    for (kind, name) in d.names() {
+        let meta = meta_of(&d, kind, &name);
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_INSTANCE], "demo", "{kind} {name}");
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGER, "{kind} {name}");
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("ChatSystem", "demo", Some(true)));
+        assert_eq!(meta.namespace.as_deref(), Some("chat"));
+    }
+}
+
+fn meta_of<'a>(
+    d: &'a Desired,
+    kind: &str,
+    name: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    match kind {
+        "Secret" => named(&d.secrets, name).meta(),
+        "ConfigMap" => named(&d.config_maps, name).meta(),
+        "PersistentVolumeClaim" => named(&d.pvcs, name).meta(),
+        "Service" => named(&d.services, name).meta(),
+        "StatefulSet" => named(&d.stateful_sets, name).meta(),
+        "Job" => named(&d.jobs, name).meta(),
+        "Deployment" => named(&d.deployments, name).meta(),
+        "Ingress" => named(&d.ingresses, name).meta(),
+        other => panic!("unexpected kind {other}"),
+    }
+}
+
+/// Each of the 16 ways to choose managed or external for the four dependencies.
+#[test]
+fn every_managed_external_combination() {
+    let managed = load("minimal");
+    let external = load("external");
+    for mask in 0u8..16 {
+        let mut cs = managed.clone();
+        let is_external = |i: Infra| mask & (1 << Infra::ALL.iter().position(|x| *x == i).unwrap()) != 0;
+        for infra in Infra::ALL {
+            if is_external(infra) {
+                let dep = infra.dependency(&external.spec).clone();
+                match infra {
+                    Infra::Mysql => cs.spec.mysql = dep,
+                    Infra::Redis => cs.spec.redis = dep,
+                    Infra::Rabbitmq => cs.spec.rabbitmq = dep,
+                    Infra::Elasticsearch => cs.spec.elasticsearch = dep,
+                }
+            }
+        }
+        let d = migrated(&cs);
+        let urls = secret_data(&d, "demo-connections");
+        let gateway = container(named(&d.deployments, "demo-gateway"));
+        let job = &d.jobs[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        for (infra, key, var) in build::CONNECTIONS_KEYS {
+            let name = format!("demo-{}", infra.name());
+            let has_sts = d.stateful_sets.iter().any(|s| s.name_any() == name);
+            let has_svc = d.services.iter().any(|s| s.name_any() == name);
+            if is_external(infra) {
+                let want = infra.external(&external.spec).unwrap().url_secret.clone();
+                assert!(!has_sts && !has_svc && !urls.contains_key(key), "mask {mask:04b}: {infra:?} still managed");
+                assert_eq!(secret_ref(gateway, var), (want.name.clone(), want.key.clone()), "mask {mask:04b}");
+                assert_eq!(secret_ref(job, var), (want.name, want.key), "mask {mask:04b}");
+            } else {
+                assert!(has_sts && has_svc && urls.contains_key(key), "mask {mask:04b}: {infra:?} not managed");
+                assert_eq!(secret_ref(gateway, var), ("demo-connections".into(), key.into()), "mask {mask:04b}");
+            }
+        }
+        assert_eq!(d.stateful_sets.len(), 4 - mask.count_ones() as usize, "mask {mask:04b}");
+        let creds = build::credential_keys(&cs.spec);
+        assert_eq!(creds.contains(&"mysql-password"), !is_external(Infra::Mysql));
+        assert_eq!(creds.contains(&"redis-password"), !is_external(Infra::Redis));
+        assert_eq!(creds.contains(&"rabbitmq-password"), !is_external(Infra::Rabbitmq));
+        assert_eq!(build::external_refs(&cs.spec).len(), mask.count_ones() as usize);
+    }
+}
+
+#[test]
+fn full_spec_reaches_every_object() {
+    let cs = load("full");
+    let d = migrated(&cs);
+
+    let gw = named(&d.deployments, "prod-gateway");
+    let spec = gw.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "edge");
+    assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("dedicated"));
+    assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+    assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "regcred");
+    let c = container(gw);
+    assert_eq!(c.image.as_deref(), Some("registry.example.com:5000/chatmesh:1.2.3"));
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0, "512Mi");
+    // Extra env: added, and replacing ours by name (never duplicated).
+    assert_eq!(env(c, "CHATMESH_LOG").unwrap().value.as_deref(), Some("debug"));
+    assert_eq!(c.env.as_ref().unwrap().iter().filter(|e| e.name == "CHATMESH_TARGET").count(), 1);
+    assert_eq!(named(&d.deployments, "prod-message").spec.as_ref().unwrap().replicas, Some(0));
+
+    // SMS and speech credentials go to the service that uses them, by reference.
+    let user = container(named(&d.deployments, "prod-user"));
+    assert_eq!(secret_ref(user, "CHATMESH_ALIYUN_ACCESS_KEY_ID"), ("aliyun".into(), "accessKeyId".into()));
+    assert_eq!(secret_ref(user, "CHATMESH_ALIYUN_ACCESS_KEY_SECRET"), ("aliyun".into(), "accessKeySecret".into()));
+    let speech = container(named(&d.deployments, "prod-speech"));
+    assert_eq!(secret_ref(speech, "CHATMESH_OPENAI_API_KEY"), ("openai".into(), "apiKey".into()));
+    assert!(env(container(gw), "CHATMESH_OPENAI_API_KEY").is_none());
+    let cm = named(&d.config_maps, "prod-config").data.clone().unwrap();
+    assert_eq!(cm["CHATMESH_SMS_PROVIDER"], "aliyun");
+    assert_eq!(cm["CHATMESH_ALIYUN_SIGN_NAME"], "Chat");
+    assert_eq!(cm["CHATMESH_ALIYUN_TEMPLATE_CODE"], "SMS_123456");
+    assert_eq!(cm["CHATMESH_SPEECH_PROVIDER"], "openai");
+    assert_eq!(cm["CHATMESH_OPENAI_BASE_URL"], "https://api.openai.example/v1");
+
+    // NodePort with fixed ports, and an Ingress with TLS.
+    let public = named(&d.services, "prod-public").spec.clone().unwrap();
+    assert_eq!(public.type_.as_deref(), Some("NodePort"));
+    let node_ports: Vec<_> = public.ports.unwrap().iter().map(|p| p.node_port).collect();
+    assert_eq!(node_ports, [Some(30900), Some(30901)]);
+    let ingress = named(&d.ingresses, "prod-public").spec.clone().unwrap();
+    assert_eq!(ingress.ingress_class_name.as_deref(), Some("nginx"));
+    assert_eq!(ingress.tls.unwrap()[0].secret_name.as_deref(), Some("chat-tls"));
+    assert_eq!(ingress.rules.unwrap()[0].host.as_deref(), Some("chat.example.com"));
+
+    // Managed MySQL with its own image, size and class; Redis external.
+    let mysql = named(&d.stateful_sets, "prod-mysql").spec.clone().unwrap();
+    assert_eq!(mysql.template.spec.unwrap().containers[0].image.as_deref(), Some("mariadb:11.8"));
+    let claim = mysql.volume_claim_templates.unwrap()[0].spec.clone().unwrap();
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(claim.resources.unwrap().requests.unwrap()["storage"].0, "50Gi");
+    assert!(d.stateful_sets.iter().all(|s| s.name_any() != "prod-redis"));
+
+    // An existing claim: none made, that one mounted, rolling updates allowed (ReadWriteMany).
+    assert!(d.pvcs.is_empty());
+    let file = named(&d.deployments, "prod-file").spec.clone().unwrap();
+    assert!(file.strategy.is_none());
+    let volumes = file.template.spec.unwrap().volumes.unwrap();
+    assert!(volumes.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == "shared-files")));
+
+    let endpoint = build::gateway_endpoint(&cs, None);
+    assert_eq!(endpoint, "https://chat.example.com");
+}
+
+#[test]
+fn deployments_wait_for_the_migration_of_a_new_image() {
+    let mut cs = load("minimal");
+    // First install: nothing to keep, so no Deployment until the Job succeeds.
+    let first = build::build(&cs, &observed(&cs), &defaults());
+    assert!(first.deployments.is_empty());
+    assert_eq!(first.held.len(), 7);
+    assert_eq!(first.migration_state, None);
+
+    // Running on 0.9.0; the spec asks for 1.0.0 whose Job has not finished.
+    let mut obs = observed(&cs);
+    obs.jobs.insert(first.migration_job.clone(), JobState::Succeeded);
+    for c in Component::ALL {
+        obs.deployed_images.insert(c, "ghcr.io/chatmesh/chatmesh:0.9.0".into());
+    }
+    cs.spec.image.tag = Some("1.0.0".into());
+    let upgrading = build::build(&cs, &obs, &defaults());
+    assert_ne!(upgrading.migration_job, first.migration_job, "a new image needs a new Job");
+    assert_eq!(upgrading.deployments.len(), 7);
+    for dep in &upgrading.deployments {
+        assert_eq!(container(dep).image.as_deref(), Some("ghcr.io/chatmesh/chatmesh:0.9.0"));
+    }
+    let job = named(&upgrading.jobs, &upgrading.migration_job);
+    assert_eq!(
+        job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.as_deref(),
+        Some("ghcr.io/chatmesh/chatmesh:1.0.0")
+    );
+
+    // A failed Job keeps the old image too; a succeeded one rolls everything.
+    obs.jobs.insert(upgrading.migration_job.clone(), JobState::Failed);
+    let failed = build::build(&cs, &obs, &defaults());
+    assert!(
+        failed.deployments.iter().all(|d| container(d).image.as_deref() == Some("ghcr.io/chatmesh/chatmesh:0.9.0"))
+    );
+    obs.jobs.insert(upgrading.migration_job.clone(), JobState::Succeeded);
+    let done = build::build(&cs, &obs, &defaults());
+    assert!(done.held.is_empty());
+    assert!(done.deployments.iter().all(|d| container(d).image.as_deref() == Some("ghcr.io/chatmesh/chatmesh:1.0.0")));
+}
+
+#[test]
+fn config_hash_follows_configuration_only() {
+    let cs = load("minimal");
+    let base = migrated(&cs).config_hash;
+
+    let mut scaled = cs.clone();
+    scaled.spec.services.gateway.replicas = 5;
+    assert_eq!(migrated(&scaled).config_hash, base, "replicas are not configuration");
+
+    let mut sms = cs.clone();
+    sms.spec.sms.provider = chatmesh_operator::crd::SmsProvider::Aliyun;
+    sms.spec.sms.sign_name = Some("Chat".into());
+    sms.spec.sms.template_code = Some("SMS_1".into());
+    sms.spec.sms.credentials_secret = Some("aliyun".into());
+    let changed = migrated(&sms);
+    assert_ne!(changed.config_hash, base);
+    assert!(changed.deployments.iter().all(|d| hash_of(d) == changed.config_hash));
+
+    // Rotating an external URL's value (its digest) rolls the pods too.
+    let mut ext = cs.clone();
+    ext.spec.mysql = Dependency {
+        managed: None,
+        external: Some(ExternalSpec { url_secret: SecretKeyRef { name: "db".into(), key: "url".into() } }),
+    };
+    let mut obs = observed(&ext);
+    let one = build::build(&ext, &obs, &defaults()).config_hash;
+    obs.external_digests.insert(("db".into(), "url".into()), "another".into());
+    assert_ne!(build::build(&ext, &obs, &defaults()).config_hash, one);
+}
+
+#[test]
+fn building_is_deterministic() {
+    let cs = load("full");
+    let a = migrated(&cs);
+    let b = migrated(&cs);
+    assert_eq!(a.config_hash, b.config_hash);
+    assert_eq!(a.migration_job, b.migration_job);
+    assert_eq!(serde_json::to_value(&a.deployments).unwrap(), serde_json::to_value(&b.deployments).unwrap());
+}
+
+#[test]
+fn missing_secrets_are_named() {
+    let cs = load("full");
+    let mut lookups = BTreeMap::new();
+    lookups.insert(("redis-url".to_string(), "url".to_string()), SecretLookup::Found("d".into()));
+    lookups.insert(("aliyun".to_string(), "accessKeyId".to_string()), SecretLookup::Found("d".into()));
+    lookups.insert(("aliyun".to_string(), "accessKeySecret".to_string()), SecretLookup::NoKey);
+    lookups.insert(("openai".to_string(), "apiKey".to_string()), SecretLookup::NoSecret);
+    let problems = validate::validate(&cs.spec, &lookups).unwrap_err();
+    assert_eq!(
+        problems,
+        [
+            r#"spec.sms.credentialsSecret: Secret "aliyun" has no key "accessKeySecret""#,
+            r#"spec.speech.credentialsSecret: Secret "openai" not found"#,
+        ]
+    );
+    lookups.insert(("aliyun".to_string(), "accessKeySecret".to_string()), SecretLookup::Found("d".into()));
+    lookups.insert(("openai".to_string(), "apiKey".to_string()), SecretLookup::Found("d".into()));
+    assert_eq!(validate::validate(&cs.spec, &lookups).unwrap().len(), 4);
+}
+
+fn ready_deployment(d: &Deployment) -> Deployment {
+    let mut d = d.clone();
+    let n = d.spec.as_ref().unwrap().replicas.unwrap();
+    d.status = Some(DeploymentStatus {
+        replicas: Some(n),
+        ready_replicas: Some(n),
+        updated_replicas: Some(n),
+        available_replicas: Some(n),
+        ..DeploymentStatus::default()
+    });
+    d
+}
+
+fn ready_sts(s: &StatefulSet) -> StatefulSet {
+    let mut s = s.clone();
+    s.status = Some(StatefulSetStatus {
+        replicas: 1,
+        ready_replicas: Some(1),
+        updated_replicas: Some(1),
+        ..StatefulSetStatus::default()
+    });
+    s
+}
+
+#[test]
+fn conditions_change_their_time_only_when_their_status_changes() {
+    let mut cs = load("minimal");
+    let d = migrated(&cs);
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let t1: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+    let t2: Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+
+    let applied =
+        Applied { desired: &d, deployments: &d.deployments, stateful_sets: &d.stateful_sets, public_service: None };
+    let first = status::compute(&cs, &applied, t0);
+    let ready = status::condition(Some(&first), status::READY).unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ComponentsNotReady"));
+    assert_eq!(status::condition(Some(&first), status::PROGRESSING).unwrap().status, "True");
+
+    // Same situation later: identical status (so nothing is written).
+    cs.status = Some(first.clone());
+    assert_eq!(status::compute(&cs, &applied, t1), first);
+
+    // Everything ready: Ready flips (new time), Degraded stays False (old time).
+    let deployments: Vec<_> = d.deployments.iter().map(ready_deployment).collect();
+    let stateful_sets: Vec<_> = d.stateful_sets.iter().map(ready_sts).collect();
+    let applied =
+        Applied { desired: &d, deployments: &deployments, stateful_sets: &stateful_sets, public_service: None };
+    let second = status::compute(&cs, &applied, t2);
+    let ready = status::condition(Some(&second), status::READY).unwrap();
+    assert_eq!((ready.status.as_str(), ready.last_transition_time.0), ("True", t2));
+    let progressing = status::condition(Some(&second), status::PROGRESSING).unwrap();
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "RolloutComplete"));
+    let degraded = status::condition(Some(&second), status::DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.last_transition_time.0), ("False", t0));
+    assert_eq!(second.version.as_deref(), Some("0.9.0"));
+    assert_eq!(second.components["gateway"].ready_replicas, 1);
+    assert_eq!(second.components["mysql"].replicas, 1);
+    assert_eq!(second.gateway_endpoint.as_deref(), Some("demo-public.chat.svc:9000"));
+    assert_eq!(second.observed_generation, Some(1));
+    let types: Vec<_> = second.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+}
+
+#[test]
+fn a_failed_migration_degrades() {
+    let cs = load("minimal");
+    let mut obs = observed(&cs);
+    let first = build::build(&cs, &obs, &defaults());
+    obs.jobs.insert(first.migration_job.clone(), JobState::Failed);
+    let d = build::build(&cs, &obs, &defaults());
+    let applied = Applied { desired: &d, deployments: &[], stateful_sets: &[], public_service: None };
+    let st = status::compute(&cs, &applied, Timestamp::now());
+    let degraded = status::condition(Some(&st), status::DEGRADED).unwrap();
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "MigrationFailed"));
+    assert!(degraded.message.contains(&d.migration_job));
+    assert_eq!(st.migration.unwrap().state, chatmesh_operator::crd::MigrationState::Failed);
+}
+
+/// The committed CRD is what the Rust types generate: run
+/// `cargo run -p chatmesh-operator --bin crdgen > crds/chatmesh.io_chatsystems.yaml` after changing them.
+#[test]
+fn committed_crd_is_current() {
+    let path = format!("{}/../crds/chatmesh.io_chatsystems.yaml", env!("CARGO_MANIFEST_DIR"));
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == chatmesh_operator::crd::crd_yaml(),
+        "{path} is stale: run `cargo run -p chatmesh-operator --bin crdgen > crds/chatmesh.io_chatsystems.yaml`"
+    );
+}
+
+#[test]
+fn crd_merges_conditions_by_type() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(ChatSystem::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    let mysql = &schema["properties"]["spec"]["properties"]["mysql"];
+    assert_eq!(mysql["x-kubernetes-validations"][0]["rule"], "has(self.managed) != has(self.external)");
+    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["chat"]));
+}

@@ -1,0 +1,565 @@
+//! The reconciler against a real kube-apiserver + etcd (`e2e/infra/kube.sh`, which exports
+//! CHATMESH_TEST_KUBECONFIG). Skipped with a message when that is unset, unless
+//! CHATMESH_REQUIRE_REAL_BACKENDS is set, in which case the tests fail.
+//!
+//! That control plane has no kubelet, scheduler or controller-manager: no pod ever runs, no
+//! Deployment, StatefulSet or Job reports status by itself, and nothing garbage-collects.
+//! Where a test needs a workload's status it writes it through the status subresource itself,
+//! as those controllers would. Each test works in its own namespace and calls the reconcile
+//! function directly (in-process), one pass at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatmesh_operator::build::{CONFIG_HASH_ANNOTATION, Defaults, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER};
+use chatmesh_operator::crd::ChatSystem;
+use chatmesh_operator::reconcile::{self, Context};
+use chatmesh_operator::status;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Config, CustomResourceExt, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+/// A client for the test cluster, or None (after saying why) when the tests should skip.
+async fn client() -> Option<Client> {
+    let Ok(path) = std::env::var("CHATMESH_TEST_KUBECONFIG") else {
+        if std::env::var_os("CHATMESH_REQUIRE_REAL_BACKENDS").is_some() {
+            panic!("CHATMESH_REQUIRE_REAL_BACKENDS is set but CHATMESH_TEST_KUBECONFIG is not: run e2e/infra/kube.sh");
+        }
+        eprintln!("skipped: CHATMESH_TEST_KUBECONFIG is unset (start a control plane with e2e/infra/kube.sh)");
+        return None;
+    };
+    chatmesh_operator::install_tls_provider();
+    let kubeconfig = Kubeconfig::read_from(&path).expect("reading CHATMESH_TEST_KUBECONFIG");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let client = Client::try_from(config).unwrap();
+    install_crd(&client).await;
+    Some(client)
+}
+
+/// Installs the committed CRD once per test binary and waits until it is served.
+async fn install_crd(client: &Client) {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let path = format!("{}/../crds/chatmesh.io_chatsystems.yaml", env!("CARGO_MANIFEST_DIR"));
+            let crd: CustomResourceDefinition =
+                serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            api.patch(&crd.name_any(), &PatchParams::apply("chatmesh-tests").force(), &Patch::Apply(&crd))
+                .await
+                .unwrap();
+            for _ in 0..100 {
+                let crd = api.get(ChatSystem::crd_name()).await.unwrap();
+                let established = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+                if established.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                    // Established can precede the endpoint serving requests by a moment.
+                    let cs: Api<ChatSystem> = Api::all(client.clone());
+                    if cs.list(&ListParams::default().limit(1)).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the ChatSystem CRD never became established");
+        })
+        .await;
+}
+
+/// A namespace of its own for a test (random suffix: a namespace can't be deleted for real
+/// without the namespace controller, so names are never reused).
+async fn namespace(client: &Client, test: &str) -> String {
+    let suffix: u32 = rand::random();
+    let name = format!("op-{test}-{suffix:08x}");
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns).await.unwrap();
+    name
+}
+
+fn context(client: &Client) -> Arc<Context> {
+    let reporter = Reporter { controller: "chatmesh-operator-test".into(), instance: None };
+    Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        defaults: Defaults { tag: "0.9.0".into() },
+        requeue: Duration::from_secs(300),
+    })
+}
+
+struct Harness {
+    client: Client,
+    ctx: Arc<Context>,
+    ns: String,
+    name: String,
+}
+
+impl Harness {
+    async fn new(test: &str, spec: serde_json::Value) -> Option<Self> {
+        let client = client().await?;
+        let ns = namespace(&client, test).await;
+        let h = Harness { ctx: context(&client), client, ns, name: "demo".into() };
+        let cs: ChatSystem = serde_json::from_value(json!({
+            "apiVersion": "chatmesh.io/v1alpha1", "kind": "ChatSystem",
+            "metadata": {"name": h.name}, "spec": spec,
+        }))
+        .unwrap();
+        h.api::<ChatSystem>().create(&PostParams::default(), &cs).await.unwrap();
+        Some(h)
+    }
+
+    fn api<K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn cs(&self) -> ChatSystem {
+        self.api::<ChatSystem>().get(&self.name).await.unwrap()
+    }
+
+    /// One reconcile pass on the ChatSystem as stored now; returns it as stored afterwards.
+    async fn reconcile(&self) -> ChatSystem {
+        reconcile::reconcile(Arc::new(self.cs().await), self.ctx.clone()).await.expect("reconcile");
+        self.cs().await
+    }
+
+    async fn patch_spec(&self, spec: serde_json::Value) {
+        let patch = Patch::Merge(json!({ "spec": spec }));
+        self.api::<ChatSystem>().patch(&self.name, &PatchParams::default(), &patch).await.unwrap();
+    }
+
+    async fn get<K>(&self, name: &str) -> Option<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>().get_opt(name).await.unwrap()
+    }
+
+    async fn names<K>(&self) -> Vec<String>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let mut names: Vec<String> =
+            self.api::<K>().list(&ListParams::default()).await.unwrap().items.iter().map(|o| o.name_any()).collect();
+        names.sort();
+        names
+    }
+
+    /// Writes a Job's status as the Job controller would on success (or failure).
+    async fn finish_job(&self, name: &str, succeeded: bool) {
+        let now = "2026-01-01T00:00:00Z";
+        let status = if succeeded {
+            json!({"startTime": now, "completionTime": now, "succeeded": 1, "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "lastTransitionTime": now}]})
+        } else {
+            json!({"startTime": now, "failed": 11, "conditions": [
+                {"type": "FailureTarget", "status": "True", "lastTransitionTime": now, "reason": "BackoffLimitExceeded"},
+                {"type": "Failed", "status": "True", "lastTransitionTime": now, "reason": "BackoffLimitExceeded"}]})
+        };
+        self.api::<Job>()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+            .await
+            .unwrap_or_else(|e| panic!("writing Job {name}'s status: {e}"));
+    }
+
+    /// Writes every Deployment's and StatefulSet's status as their controllers would once
+    /// all pods are ready.
+    async fn mark_workloads_ready(&self) {
+        for d in self.api::<Deployment>().list(&ListParams::default()).await.unwrap() {
+            let n = d.spec.as_ref().unwrap().replicas.unwrap_or(1);
+            let status = json!({"status": {"observedGeneration": d.metadata.generation, "replicas": n,
+                "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}});
+            self.api::<Deployment>()
+                .patch_status(&d.name_any(), &PatchParams::default(), &Patch::Merge(status))
+                .await
+                .unwrap();
+        }
+        for s in self.api::<StatefulSet>().list(&ListParams::default()).await.unwrap() {
+            let status = json!({"status": {"observedGeneration": s.metadata.generation, "replicas": 1,
+                "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1, "currentReplicas": 1}});
+            self.api::<StatefulSet>()
+                .patch_status(&s.name_any(), &PatchParams::default(), &Patch::Merge(status))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Creates the system and brings it to Ready: reconcile, the Job succeeds, reconcile, the
+    /// workloads report ready, reconcile.
+    async fn ready(&self) -> ChatSystem {
+        let cs = self.reconcile().await;
+        let job = cs.status.as_ref().unwrap().migration.as_ref().unwrap().job.clone();
+        self.finish_job(&job, true).await;
+        self.reconcile().await;
+        self.mark_workloads_ready().await;
+        let cs = self.reconcile().await;
+        assert_eq!(condition(&cs, status::READY), ("True".into(), "AllComponentsReady".into()), "{:#?}", cs.status);
+        cs
+    }
+
+    /// (reason, count) of every Event in the namespace, sorted.
+    async fn events(&self) -> Vec<(String, i32)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        let list = api.list(&ListParams::default()).await.unwrap();
+        let mut events: Vec<(String, i32)> = list
+            .iter()
+            .map(|e| (e.reason.clone().unwrap_or_default(), e.series.as_ref().map_or(1, |s| s.count)))
+            .collect();
+        events.sort();
+        events
+    }
+
+    /// resourceVersion of the ChatSystem and of every object in the namespace we create.
+    async fn versions(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        out.insert("ChatSystem".into(), self.cs().await.resource_version().unwrap());
+        macro_rules! each {
+            ($($kind:ty),*) => {$(
+                for o in self.api::<$kind>().list(&ListParams::default()).await.unwrap() {
+                    out.insert(format!("{}/{}", stringify!($kind), o.name_any()), o.resource_version().unwrap());
+                }
+            )*};
+        }
+        each!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress, PersistentVolumeClaim);
+        out
+    }
+}
+
+fn condition(cs: &ChatSystem, type_: &str) -> (String, String) {
+    let c = status::condition(cs.status.as_ref(), type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn image(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap()
+}
+
+fn config_hash(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION]
+        .clone()
+}
+
+const SERVICES: [&str; 7] = ["gateway", "user", "friend", "file", "message", "transmit", "speech"];
+
+#[tokio::test]
+async fn creates_the_system_and_reports_its_status() {
+    let Some(h) = Harness::new("create", json!({})).await else { return };
+
+    // First pass: configuration, servers, Services and the migration Job; no Deployment until
+    // the Job has succeeded.
+    let cs = h.reconcile().await;
+    assert_eq!(h.names::<Secret>().await, ["demo-connections", "demo-credentials"]);
+    assert_eq!(h.names::<ConfigMap>().await.iter().filter(|n| n.starts_with("demo")).count(), 1);
+    assert_eq!(h.names::<StatefulSet>().await, ["demo-elasticsearch", "demo-mysql", "demo-rabbitmq", "demo-redis"]);
+    let mut services: Vec<String> = SERVICES.iter().map(|s| format!("demo-{s}")).collect();
+    services
+        .extend(["demo-elasticsearch", "demo-mysql", "demo-public", "demo-rabbitmq", "demo-redis"].map(String::from));
+    services.sort();
+    assert_eq!(h.names::<Service>().await, services);
+    assert_eq!(h.names::<PersistentVolumeClaim>().await, ["demo-files"]);
+    assert!(h.names::<Deployment>().await.is_empty());
+    let jobs = h.names::<Job>().await;
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0].starts_with("demo-migrate-"));
+    let st = cs.status.clone().unwrap();
+    assert_eq!(st.observed_generation, cs.metadata.generation);
+    assert_eq!(condition(&cs, status::PROGRESSING), ("True".into(), "MigrationRunning".into()));
+    assert_eq!(condition(&cs, status::READY).0, "False");
+    assert_eq!(condition(&cs, status::DEGRADED).0, "False");
+    assert_eq!(st.gateway_endpoint.as_deref(), Some(format!("demo-public.{}.svc:9000", h.ns).as_str()));
+
+    // Passwords are kept across passes (read back, not regenerated).
+    let creds = h.get::<Secret>("demo-credentials").await.unwrap().data;
+
+    // The Job succeeds (written by the test: no Job controller here): the Deployments appear.
+    h.finish_job(&jobs[0], true).await;
+    let cs = h.reconcile().await;
+    assert_eq!(h.names::<Deployment>().await.len(), 7);
+    for svc in SERVICES {
+        let d = h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap();
+        assert_eq!(image(&d), "ghcr.io/chatmesh/chatmesh:0.9.0");
+    }
+    assert_eq!(condition(&cs, status::PROGRESSING), ("True".into(), "RollingOut".into()));
+    assert_eq!(h.get::<Secret>("demo-credentials").await.unwrap().data, creds);
+
+    // Readiness comes from workload status, written here as the controllers would.
+    h.mark_workloads_ready().await;
+    let cs = h.reconcile().await;
+    let st = cs.status.clone().unwrap();
+    assert_eq!(condition(&cs, status::READY), ("True".into(), "AllComponentsReady".into()));
+    assert_eq!(condition(&cs, status::PROGRESSING), ("False".into(), "RolloutComplete".into()));
+    assert_eq!(st.version.as_deref(), Some("0.9.0"));
+    assert_eq!(st.components.len(), 11);
+    assert!(st.components.values().all(|c| c.ready_replicas == c.replicas));
+
+    // The passes so far told what they did in Events.
+    let events = h.events().await;
+    for reason in ["Created", "AllComponentsReady"] {
+        assert!(events.iter().any(|(r, _)| r == reason), "no {reason} event among {events:?}");
+    }
+
+    // Steady state: another pass writes nothing at all, not even an Event.
+    let before = h.versions().await;
+    let again = h.reconcile().await;
+    assert_eq!(h.versions().await, before, "a pass with nothing to do wrote something");
+    assert_eq!(again.status, cs.status);
+    assert_eq!(h.events().await, events);
+
+    // Every child is labelled and controlled by the ChatSystem.
+    let uid = cs.uid().unwrap();
+    let labelled = ListParams::default().labels(&format!("{LABEL_INSTANCE}=demo,{LABEL_MANAGED_BY}={MANAGER}"));
+    let deps = h.api::<Deployment>().list(&labelled).await.unwrap();
+    assert_eq!(deps.items.len(), 7);
+    assert!(deps.iter().all(|d| d.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))));
+}
+
+#[tokio::test]
+async fn follows_changes_to_replicas_configuration_and_image() {
+    let Some(h) = Harness::new("update", json!({})).await else { return };
+    h.ready().await;
+    let gateway = h.get::<Deployment>("demo-gateway").await.unwrap();
+    let old_hash = config_hash(&gateway);
+
+    // Replicas: only that Deployment changes; the config hash does not.
+    h.patch_spec(json!({"services": {"gateway": {"replicas": 3}}})).await;
+    let cs = h.reconcile().await;
+    let gateway = h.get::<Deployment>("demo-gateway").await.unwrap();
+    assert_eq!(gateway.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(config_hash(&gateway), old_hash);
+    assert_eq!(cs.status.as_ref().unwrap().components["gateway"].replicas, 3);
+    assert_eq!(condition(&cs, status::READY).0, "False", "3 wanted, 1 ready");
+
+    // Configuration: the ConfigMap changes and every pod template's hash with it.
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "aliyun"},
+        "stringData": {"accessKeyId": "id", "accessKeySecret": "secret"}}))
+    .unwrap();
+    h.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    h.patch_spec(json!({"sms": {"provider": "aliyun", "signName": "Chat", "templateCode": "SMS_1",
+        "credentialsSecret": "aliyun"}}))
+        .await;
+    h.reconcile().await;
+    let cm = h.get::<ConfigMap>("demo-config").await.unwrap().data.unwrap();
+    assert_eq!(cm["CHATMESH_SMS_PROVIDER"], "aliyun");
+    assert_eq!(cm["CHATMESH_ALIYUN_SIGN_NAME"], "Chat");
+    for svc in SERVICES {
+        let d = h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap();
+        assert_ne!(config_hash(&d), old_hash, "{svc} would not roll");
+    }
+
+    // Image: a new migration Job; the Deployments keep the old image until it succeeds.
+    let old_job = h.cs().await.status.unwrap().migration.unwrap().job;
+    h.patch_spec(json!({"image": {"tag": "1.0.0"}})).await;
+    let cs = h.reconcile().await;
+    let new_job = cs.status.as_ref().unwrap().migration.as_ref().unwrap().job.clone();
+    assert_ne!(new_job, old_job);
+    let job = h.get::<Job>(&new_job).await.unwrap();
+    let job_image = job.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap();
+    assert_eq!(job_image, "ghcr.io/chatmesh/chatmesh:1.0.0");
+    for svc in SERVICES {
+        assert_eq!(
+            image(&h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap()),
+            "ghcr.io/chatmesh/chatmesh:0.9.0"
+        );
+    }
+    assert_eq!(condition(&cs, status::PROGRESSING), ("True".into(), "MigrationRunning".into()));
+    assert_eq!(cs.status.as_ref().unwrap().version.as_deref(), Some("0.9.0"));
+
+    // Still running after another pass: still held.
+    h.reconcile().await;
+    assert_eq!(image(&h.get::<Deployment>("demo-user").await.unwrap()), "ghcr.io/chatmesh/chatmesh:0.9.0");
+
+    // The Job succeeds: everything rolls to 1.0.0 and the old Job goes.
+    h.finish_job(&new_job, true).await;
+    h.reconcile().await;
+    for svc in SERVICES {
+        assert_eq!(
+            image(&h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap()),
+            "ghcr.io/chatmesh/chatmesh:1.0.0"
+        );
+    }
+    assert_eq!(h.names::<Job>().await, [new_job]);
+    h.mark_workloads_ready().await;
+    let cs = h.reconcile().await;
+    assert_eq!(cs.status.as_ref().unwrap().version.as_deref(), Some("1.0.0"));
+    assert_eq!(condition(&cs, status::READY).0, "True");
+}
+
+#[tokio::test]
+async fn a_failed_migration_keeps_the_old_image_and_degrades() {
+    let Some(h) = Harness::new("failmig", json!({})).await else { return };
+    h.ready().await;
+    h.patch_spec(json!({"image": {"tag": "2.0.0"}})).await;
+    let cs = h.reconcile().await;
+    let job = cs.status.unwrap().migration.unwrap().job;
+    h.finish_job(&job, false).await;
+    let cs = h.reconcile().await;
+    assert_eq!(condition(&cs, status::DEGRADED), ("True".into(), "MigrationFailed".into()));
+    assert_eq!(condition(&cs, status::PROGRESSING), ("False".into(), "MigrationFailed".into()));
+    assert_eq!(condition(&cs, status::READY).0, "True", "the old version still serves");
+    assert_eq!(image(&h.get::<Deployment>("demo-gateway").await.unwrap()), "ghcr.io/chatmesh/chatmesh:0.9.0");
+}
+
+#[tokio::test]
+async fn switching_a_dependency_to_external_removes_the_managed_one() {
+    let Some(h) = Harness::new("external", json!({})).await else { return };
+    h.ready().await;
+    assert!(h.get::<StatefulSet>("demo-mysql").await.is_some());
+
+    // A Secret that does not exist: refused with a clear reason, nothing removed.
+    h.patch_spec(json!({"mysql": {"managed": null, "external": {"urlSecret": {"name": "prod-db"}}}})).await;
+    let cs = h.reconcile().await;
+    assert_eq!(condition(&cs, status::DEGRADED), ("True".into(), "InvalidSpec".into()));
+    let message = status::condition(cs.status.as_ref(), status::DEGRADED).unwrap().message.clone();
+    assert_eq!(message, r#"spec.mysql.external.urlSecret: Secret "prod-db" not found"#);
+    assert!(h.get::<StatefulSet>("demo-mysql").await.is_some());
+
+    // The Secret appears: the managed MySQL goes, the services read the external URL.
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "prod-db"},
+        "stringData": {"url": "mysql://u:p@db.example.com:3306/chat"}}))
+    .unwrap();
+    h.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let cs = h.reconcile().await;
+    assert_eq!(condition(&cs, status::DEGRADED).0, "False");
+    assert!(h.get::<StatefulSet>("demo-mysql").await.is_none());
+    assert!(h.get::<Service>("demo-mysql").await.is_none());
+    assert!(!cs.status.as_ref().unwrap().components.contains_key("mysql"));
+    let urls = h.get::<Secret>("demo-connections").await.unwrap().data.unwrap();
+    assert!(!urls.contains_key("database-url"));
+    // The password stays, for the data of a MySQL switched back to managed.
+    assert!(h.get::<Secret>("demo-credentials").await.unwrap().data.unwrap().contains_key("mysql-password"));
+    // Switching the database changes the migration Job (new template, new name).
+    let job = cs.status.as_ref().unwrap().migration.as_ref().unwrap().job.clone();
+    let job_env = h.get::<Job>(&job).await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].env.clone();
+    let db = job_env.unwrap().into_iter().find(|e| e.name == "CHATMESH_DATABASE_URL").unwrap();
+    assert_eq!(db.value_from.unwrap().secret_key_ref.unwrap().name, "prod-db");
+    h.finish_job(&job, true).await;
+    h.reconcile().await;
+    let user = h.get::<Deployment>("demo-user").await.unwrap();
+    let env = user.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    let db = env.into_iter().find(|e| e.name == "CHATMESH_DATABASE_URL").unwrap();
+    let sel = db.value_from.unwrap().secret_key_ref.unwrap();
+    assert_eq!((sel.name.as_str(), sel.key.as_str()), ("prod-db", "url"));
+}
+
+#[tokio::test]
+async fn every_child_is_owned_for_garbage_collection() {
+    let Some(h) = Harness::new("owners", json!({"gateway": {"ingress": {"host": "chat.example.com"}}})).await else {
+        return;
+    };
+    let cs = h.ready().await;
+    let uid = cs.uid().unwrap();
+    h.api::<ChatSystem>().delete(&h.name, &DeleteParams::default()).await.unwrap();
+    assert!(h.api::<ChatSystem>().get_opt(&h.name).await.unwrap().is_none());
+
+    // This control plane runs no garbage collector (it is part of kube-controller-manager), so
+    // the children are still here; a real cluster deletes them because each names the
+    // ChatSystem as its controlling owner, which is what this checks.
+    let mut count = 0;
+    macro_rules! owned {
+        ($($kind:ty),*) => {$(
+            for o in h.api::<$kind>().list(&ListParams::default()).await.unwrap() {
+                if o.name_any().starts_with("kube-root-ca") { continue; } // the API server's own
+                let owner = o.owner_references().iter().find(|r| r.uid == uid)
+                    .unwrap_or_else(|| panic!("{} {} has no owner reference", stringify!($kind), o.name_any()));
+                assert_eq!((owner.kind.as_str(), owner.controller, owner.block_owner_deletion),
+                    ("ChatSystem", Some(true), Some(true)), "{} {}", stringify!($kind), o.name_any());
+                count += 1;
+            }
+        )*};
+    }
+    owned!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress);
+    // PVCs made by StatefulSets' claim templates would belong to the StatefulSets; none
+    // exist here (no StatefulSet controller), so every claim is the files volume.
+    owned!(PersistentVolumeClaim);
+    assert_eq!(count, 2 + 1 + 12 + 4 + 1 + 7 + 1 + 1);
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_by_the_api_server() {
+    let Some(client) = client().await else { return };
+    let ns = namespace(&client, "invalid").await;
+    // Untyped, so that values the Rust types could not even hold reach the API server.
+    let resource = ApiResource::erase::<ChatSystem>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let cases = [
+        (
+            json!({"mysql": {"managed": {}, "external": {"urlSecret": {"name": "db"}}}}),
+            "set exactly one of managed or external",
+        ),
+        (json!({"redis": {}}), "set exactly one of managed or external"),
+        (json!({"services": {"user": {"replicas": 101}}}), "should be less than or equal to 100"),
+        (json!({"services": {"user": {"replicas": -1}}}), "should be greater than or equal to 0"),
+        (json!({"image": {"pullPolicy": "Sometimes"}}), "supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+        (json!({"image": {"tag": "not a tag"}}), "spec.image.tag in body should match"),
+        (json!({"speech": {"provider": "baidu"}}), "speech providers baidu and openai need credentialsSecret"),
+        (
+            json!({"sms": {"provider": "aliyun", "credentialsSecret": "x"}}),
+            "needs credentialsSecret, signName and templateCode",
+        ),
+        (json!({"gateway": {"service": {"httpNodePort": 30000}}}), "need type NodePort or LoadBalancer"),
+        (
+            json!({"gateway": {"service": {"type": "NodePort", "httpNodePort": 80}}}),
+            "should be greater than or equal to 30000",
+        ),
+        (json!({"gateway": {"ingress": {"host": "Not_A_Host"}}}), "spec.gateway.ingress.host in body should match"),
+        (json!({"files": {"existingClaim": "c", "size": "1Gi"}}), "existingClaim cannot be combined with size"),
+        (
+            json!({"mysql": {"managed": {"storage": {"size": "lots"}}}}),
+            "spec.mysql.managed.storage.size in body should match",
+        ),
+    ];
+    for (i, (spec, expected)) in cases.into_iter().enumerate() {
+        let cs: DynamicObject = serde_json::from_value(json!({"apiVersion": "chatmesh.io/v1alpha1",
+            "kind": "ChatSystem", "metadata": {"name": format!("bad-{i}")}, "spec": spec}))
+        .unwrap();
+        let err = api.create(&PostParams::default(), &cs).await.expect_err(&format!("case {i} ({spec}) was accepted"));
+        let kube::Error::Api(status) = err else { panic!("case {i}: {err}") };
+        assert_eq!(status.code, 422, "case {i}");
+        assert!(status.message.contains(expected), "case {i}: {:?} lacks {expected:?}", status.message);
+    }
+    // A name too long for the children's names.
+    let cs = ChatSystem::new(&"x".repeat(33), Default::default());
+    let typed: Api<ChatSystem> = Api::namespaced(client, &ns);
+    let err = typed.create(&PostParams::default(), &cs).await.unwrap_err();
+    assert!(err.to_string().contains("metadata.name must be at most 32 characters"), "{err}");
+}
+
+#[tokio::test]
+async fn paused_changes_nothing() {
+    let Some(h) = Harness::new("paused", json!({})).await else { return };
+    h.ready().await;
+    h.patch_spec(json!({"paused": true, "services": {"gateway": {"replicas": 4}}})).await;
+    let cs = h.reconcile().await;
+    assert_eq!(condition(&cs, status::PROGRESSING), ("False".into(), "ReconciliationPaused".into()));
+    assert_eq!(h.get::<Deployment>("demo-gateway").await.unwrap().spec.unwrap().replicas, Some(1));
+    h.patch_spec(json!({"paused": false})).await;
+    h.reconcile().await;
+    assert_eq!(h.get::<Deployment>("demo-gateway").await.unwrap().spec.unwrap().replicas, Some(4));
+}
+
+#[tokio::test]
+async fn drift_is_undone() {
+    let Some(h) = Harness::new("drift", json!({})).await else { return };
+    h.ready().await;
+    // Someone edits a child by hand (another field manager): the next pass restores it.
+    let patch = Patch::Merge(json!({"data": {"CHATMESH_LOG_FORMAT": "text"}}));
+    h.api::<ConfigMap>().patch("demo-config", &PatchParams::default(), &patch).await.unwrap();
+    h.api::<Service>().delete("demo-user", &DeleteParams::default()).await.unwrap();
+    h.reconcile().await;
+    assert_eq!(h.get::<ConfigMap>("demo-config").await.unwrap().data.unwrap()["CHATMESH_LOG_FORMAT"], "json");
+    assert!(h.get::<Service>("demo-user").await.is_some());
+}
