@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube)"
+eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube speech)"
 export CHATMESH_REQUIRE_REAL_BACKENDS=1
 
 # Each test makes its own database and indices (chatmesh_t_*); drop those of earlier runs.

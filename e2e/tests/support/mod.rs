@@ -122,7 +122,7 @@ impl Stack {
             // Short so one test can ask twice for the same phone; the default is a minute.
             "--sms-resend-interval=1s".into(),
         ];
-        for service in ["user", "file", "friend", "transmit", "message"] {
+        for service in ["user", "file", "friend", "transmit", "message", "speech"] {
             let port = free_port();
             shared.push(format!("--{service}-listen=127.0.0.1:{port}"));
             shared.push(format!("--{service}-addr=http://127.0.0.1:{port}"));

@@ -1,4 +1,4 @@
-//! The one chatmesh binary: `--target gateway|user|friend|file|message|transmit|migrate|all`. Each target is a service
+//! The one chatmesh binary: `--target gateway|user|friend|file|message|transmit|speech|migrate|all`. Each target is a service
 //! library under `services/`; this crate only parses configuration and wires them together.
 
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ pub enum Target {
     Friend,
     Message,
     Transmit,
+    Speech,
     /// Bring the database schema up to date, then exit.
     Migrate,
 }
@@ -78,6 +79,8 @@ pub struct Cli {
     pub http_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_WS_LISTEN", default_value = "0.0.0.0:9001")]
     pub ws_listen: SocketAddr,
+    #[arg(long, env = "CHATMESH_SPEECH_LISTEN", default_value = "0.0.0.0:10001")]
+    pub speech_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_FILE_LISTEN", default_value = "0.0.0.0:10002")]
     pub file_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_USER_LISTEN", default_value = "0.0.0.0:10003")]
@@ -92,6 +95,8 @@ pub struct Cli {
     #[arg(long, env = "CHATMESH_ADMIN_LISTEN", default_value = "0.0.0.0:9100")]
     pub admin_listen: SocketAddr,
 
+    #[arg(long, env = "CHATMESH_SPEECH_ADDR", default_value = "http://127.0.0.1:10001")]
+    pub speech_addr: String,
     /// Where the file service is (in Kubernetes: its headless Service name).
     #[arg(long, env = "CHATMESH_FILE_ADDR", default_value = "http://127.0.0.1:10002")]
     pub file_addr: String,
@@ -124,6 +129,8 @@ pub struct Cli {
     pub file: chatmesh_file::FileArgs,
     #[command(flatten)]
     pub transmit: chatmesh_transmit::TransmitArgs,
+    #[command(flatten)]
+    pub speech: chatmesh_speech::SpeechArgs,
 }
 
 impl Cli {
@@ -148,6 +155,10 @@ struct Backends {
     kv: Option<Arc<dyn ExpiringStore>>,
     index: Option<Arc<dyn SearchIndex>>,
     queue: Option<Arc<dyn MessageQueue>>,
+    /// Counted in readiness only where speech runs alone: a standalone process without the
+    /// offline model still serves everything else.
+    speech: Option<chatmesh_speech::SpeechRecognizer>,
+    speech_alone: bool,
 }
 
 impl Backends {
@@ -190,7 +201,12 @@ impl Backends {
         } else {
             None
         };
-        Ok(Self { db, kv, index, queue })
+        let speech = if cli.runs(Speech) {
+            Some(chatmesh_speech::SpeechRecognizer::from_args(&cli.speech, &cli.data_dir).context("speech provider")?)
+        } else {
+            None
+        };
+        Ok(Self { db, kv, index, queue, speech, speech_alone: cli.target == [Speech] })
     }
 
     /// Readiness: every backend this process uses answers.
@@ -200,6 +216,9 @@ impl Backends {
         }
         if let Some(kv) = &self.kv {
             kv.ping().await.map_err(|e| format!("session store: {e}"))?;
+        }
+        if let Some(speech) = self.speech.as_ref().filter(|_| self.speech_alone) {
+            speech.ready().await?;
         }
         Ok(())
     }
@@ -288,6 +307,10 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             Ok(())
         });
     }
+    if let Some(recognizer) = backends.speech.clone() {
+        let svc = chatmesh_speech::service(&cli.speech, recognizer);
+        grpc_routes.push((cli.speech_listen, grpc_server().add_service(svc)));
+    }
     for (addr, router) in grpc_routes {
         let listener = grpc::bind(addr).await?;
         tracing::info!(%addr, "gRPC service listening");
@@ -304,6 +327,12 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             friend: cli.channel(&cli.friend_addr)?,
             transmit: cli.channel(&cli.transmit_addr)?,
             message: cli.channel(&cli.message_addr)?,
+            // Recognition may take as long as the speech service allows, plus the transfer.
+            speech: grpc::channel(
+                &cli.speech_addr,
+                cli.rpc_timeout.max(cli.speech.speech_timeout + Duration::from_secs(5)),
+                cli.dns_refresh,
+            )?,
         };
         let conns = chatmesh_gateway::push::Connections::default();
         let bus =

@@ -18,6 +18,7 @@ use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::friend_service_client::FriendServiceClient;
 use chatmesh_proto::msg_storage_service_client::MsgStorageServiceClient;
 use chatmesh_proto::msg_transmit_service_client::MsgTransmitServiceClient;
+use chatmesh_proto::speech_service_client::SpeechServiceClient;
 use chatmesh_proto::user_service_client::UserServiceClient;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +41,7 @@ pub struct Upstreams {
     pub friend: GrpcChannel,
     pub transmit: GrpcChannel,
     pub message: GrpcChannel,
+    pub speech: GrpcChannel,
 }
 
 /// Shared by every handler.
@@ -52,6 +54,7 @@ pub struct Gateway {
     pub friend: FriendServiceClient<GrpcChannel>,
     pub transmit: MsgTransmitServiceClient<GrpcChannel>,
     pub message: MsgStorageServiceClient<GrpcChannel>,
+    pub speech: SpeechServiceClient<GrpcChannel>,
     /// This instance's WebSocket connections.
     pub push: push::Connections,
     /// The way to every instance's connections.
@@ -76,6 +79,7 @@ impl Gateway {
             friend: chatmesh_common::sized!(FriendServiceClient::new(up.friend)),
             transmit: chatmesh_common::sized!(MsgTransmitServiceClient::new(up.transmit)),
             message: chatmesh_common::sized!(MsgStorageServiceClient::new(up.message)),
+            speech: chatmesh_common::sized!(SpeechServiceClient::new(up.speech)),
             push,
             bus,
             args: Arc::new(args),

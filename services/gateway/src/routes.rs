@@ -69,6 +69,7 @@ pub fn router(gw: Gateway) -> Router {
         "/service/message_storage/get_history" => message.get_history_msg,
         "/service/message_storage/get_recent" => message.get_recent_msg,
         "/service/message_storage/search_history" => message.msg_search,
+        "/service/speech/recognition" => speech.speech_recognition,
     );
     // Sending answers with NewMessageRsp but calls GetTransmitTarget, then pushes.
     let router = router.route(
