@@ -18,3 +18,4 @@ ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev
 
 cargo fmt --all --check
 cargo test --workspace --locked "$@"
+CHATMESH_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/debug/chatmesh-operator" bash e2e/chart-check.sh

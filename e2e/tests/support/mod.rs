@@ -1,6 +1,10 @@
 //! Starts a whole chatmesh (every target, in this process, on loopback ports) against either
 //! the embedded defaults or the real servers that `e2e/test.sh` starts. More processes (a
 //! second gateway, a storage service to restart) can join the same backends.
+//!
+//! Or, with `CHATMESH_E2E_GATEWAY_HTTP` and `CHATMESH_E2E_GATEWAY_WS` set, the `Real` stacks
+//! talk to a chatmesh that runs elsewhere (a Kubernetes cluster: `e2e/kind/run.sh`); see
+//! [`external`] at the end of this file.
 
 #![allow(dead_code)]
 
@@ -56,6 +60,8 @@ pub struct Stack {
     shared: Vec<String>,
     main: Proc,
     _dir: tempfile::TempDir,
+    /// Set for a stack on an external gateway (its turn: one such stack at a time).
+    external: Option<external::Turn>,
 }
 
 /// A port nothing listens on. Taken from below the kernel's ephemeral range (where port 0
@@ -107,6 +113,11 @@ impl Stack {
 
     /// Only `targets` (comma-separated) in the main process; the rest can join with `spawn`.
     pub async fn start_parts(backend: Backend, targets: &str, extra: &[&str]) -> Option<Stack> {
+        if backend == Backend::Real
+            && let Some(gateway) = external::gateway()
+        {
+            return external::start(gateway, targets, extra).await;
+        }
         let dir = tempfile::tempdir().unwrap();
         let sms = fake_aliyun::FakeAliyun::start().await;
         let mut shared: Vec<String> = vec![
@@ -150,8 +161,17 @@ impl Stack {
         args.push(format!("--ws-listen=127.0.0.1:{ws_port}"));
         let http = format!("http://127.0.0.1:{http_port}");
         let ws = format!("ws://127.0.0.1:{ws_port}");
-        let stack =
-            Stack { client: Client::new(&http, &ws), http, ws, sms, backend, shared, main: launch(args), _dir: dir };
+        let stack = Stack {
+            client: Client::new(&http, &ws),
+            http,
+            ws,
+            sms,
+            backend,
+            shared,
+            main: launch(args),
+            _dir: dir,
+            external: None,
+        };
         if targets == "all" || targets.contains("gateway") {
             stack.wait_ready(&stack.client).await;
         }
@@ -160,6 +180,9 @@ impl Stack {
 
     /// Another process on the same backends running `targets` (its gateway ports are new).
     pub async fn spawn(&self, targets: &str) -> (Proc, Client) {
+        if self.external.is_some() {
+            return external::spawn(targets).await;
+        }
         let (http_port, ws_port) = (free_port(), free_port());
         let mut args = self.shared.clone();
         args.push(format!("--target={targets}"));
@@ -220,6 +243,10 @@ macro_rules! both_backends {
         mod standalone {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                if $crate::support::external::gateway().is_some() {
+                    $crate::support::external::skip("the standalone variant runs in this process, not on the external gateway");
+                    return;
+                }
                 let stack = $crate::support::Stack::start($crate::support::Backend::Standalone).await.unwrap();
                 super::$name(&stack).await;
                 stack.stop().await;
@@ -234,4 +261,182 @@ macro_rules! both_backends {
             })*
         }
     };
+}
+
+// ---- External gateway mode -------------------------------------------------------------------
+
+/// The `Real` stacks against a chatmesh that runs elsewhere, e.g. in a kind cluster
+/// (`e2e/kind/run.sh`), reached at `CHATMESH_E2E_GATEWAY_HTTP` (`http://127.0.0.1:9000`) and
+/// `CHATMESH_E2E_GATEWAY_WS` (`ws://127.0.0.1:9001`):
+/// - `Stack::start(Backend::Real)` starts no process: its client talks to that gateway;
+/// - the standalone variants of `both_backends!` skip, and so do `Real` stacks that need their
+///   own flags or only some targets (`start_with` with flags, `start_parts`), with a message
+///   (standalone stacks asked for directly, as in `limits` and `websocket`, still run here);
+/// - `spawn("gateway")` returns a client of a second gateway instance,
+///   `CHATMESH_E2E_GATEWAY2_HTTP`/`_WS` (e.g. a port-forward to one gateway pod), and panics
+///   when that is unset (run such a test with it, or `--skip` it);
+/// - SMS: the cluster's user service is configured with the Aliyun provider, endpoint
+///   `http://<CHATMESH_E2E_SMS_LISTEN>`, access key `fake_aliyun::KEY_ID`/`KEY_SECRET`; a relay
+///   listening there forwards each `SendSms` to the current stack's own `FakeAliyun`, so codes
+///   and counts are per test as in-process. That is why external stacks take turns: a test
+///   waits for the one before it to finish (in-process tests still run in parallel).
+///   The system keeps its data between stacks: tests that register fixed phone numbers pass
+///   once per fresh system.
+pub mod external {
+    use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+    use std::time::Duration;
+
+    use chatmesh_e2e::Client;
+
+    use super::{Backend, Proc, Stack, fake_aliyun};
+
+    pub struct Gateway {
+        pub http: String,
+        pub ws: String,
+    }
+
+    fn gateway_from(prefix: &str) -> Option<Gateway> {
+        let http = std::env::var(format!("{prefix}_HTTP")).ok().filter(|v| !v.is_empty());
+        let ws = std::env::var(format!("{prefix}_WS")).ok().filter(|v| !v.is_empty());
+        match (http, ws) {
+            (Some(http), Some(ws)) => Some(Gateway { http, ws }),
+            (None, None) => None,
+            _ => panic!("set both {prefix}_HTTP and {prefix}_WS, or neither"),
+        }
+    }
+
+    /// The external gateway, when this mode is on.
+    pub fn gateway() -> Option<Gateway> {
+        gateway_from("CHATMESH_E2E_GATEWAY")
+    }
+
+    pub fn skip(why: &str) {
+        eprintln!("skipped against the external gateway: {why}");
+    }
+
+    /// A stack's turn; the next stack starts when it is dropped.
+    pub struct Turn(());
+
+    static BUSY: Mutex<bool> = Mutex::new(false);
+    static FREED: Condvar = Condvar::new();
+
+    fn take_turn() -> Turn {
+        let mut busy = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
+        while *busy {
+            busy = FREED.wait(busy).unwrap_or_else(PoisonError::into_inner);
+        }
+        *busy = true;
+        Turn(())
+    }
+
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            *BUSY.lock().unwrap_or_else(PoisonError::into_inner) = false;
+            FREED.notify_one();
+        }
+    }
+
+    pub async fn start(gateway: Gateway, targets: &str, extra: &[&str]) -> Option<Stack> {
+        if targets != "all" || !extra.is_empty() {
+            skip(&format!("needs its own processes or flags (targets {targets}, flags {extra:?})"));
+            return None;
+        }
+        // Blocks this test's thread (not a runtime worker) until the previous stack is done.
+        let turn = take_turn();
+        let sms = fake_aliyun::FakeAliyun::start().await;
+        match relay() {
+            Some(relay) => *relay.lock().unwrap_or_else(PoisonError::into_inner) = Some(sms.endpoint()),
+            None => eprintln!("CHATMESH_E2E_SMS_LISTEN is unset: tests that need SMS codes will fail"),
+        }
+        let client = Client::new(&gateway.http, &gateway.ws);
+        wait_ready(&client).await;
+        Some(Stack {
+            client,
+            http: gateway.http,
+            ws: gateway.ws,
+            sms,
+            backend: Backend::Real,
+            shared: vec![],
+            main: detached(),
+            _dir: tempfile::tempdir().unwrap(),
+            external: Some(turn),
+        })
+    }
+
+    /// A second gateway instance of the same system, for `Stack::spawn("gateway")`.
+    pub async fn spawn(targets: &str) -> (Proc, Client) {
+        let second = (targets == "gateway").then(|| gateway_from("CHATMESH_E2E_GATEWAY2")).flatten();
+        let Some(second) = second else {
+            panic!(
+                "spawn({targets:?}) needs a process of its own, which an external system does not give; for a \
+                 second gateway set CHATMESH_E2E_GATEWAY2_HTTP/_WS (e2e/kind/run.sh does), else --skip this test"
+            )
+        };
+        let client = Client::new(&second.http, &second.ws);
+        wait_ready(&client).await;
+        (detached(), client)
+    }
+
+    /// Nothing to stop: the process belongs to the cluster.
+    fn detached() -> Proc {
+        Proc { stop: tokio::sync::watch::channel(false).0, task: None }
+    }
+
+    async fn wait_ready(client: &Client) {
+        // A fresh name each time: failed logins of one name are limited, and this system
+        // lives on from stack to stack.
+        let nobody = format!("nobody{}", &chatmesh_common::new_id()[..8]);
+        for _ in 0..240 {
+            if client.login(&nobody, "nothing").await.is_err_and(|e| e.to_string().contains("wrong")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("the external gateway did not answer a login within 2 minutes");
+    }
+
+    /// Where the relay forwards now: the current stack's `FakeAliyun`.
+    type Target = Mutex<Option<String>>;
+
+    /// The SMS relay on `CHATMESH_E2E_SMS_LISTEN`, started once per test binary, on a thread
+    /// and runtime of its own (each test's runtime ends with the test).
+    fn relay() -> Option<&'static Target> {
+        static RELAY: OnceLock<Option<&'static Target>> = OnceLock::new();
+        *RELAY.get_or_init(|| {
+            let addr = std::env::var("CHATMESH_E2E_SMS_LISTEN").ok().filter(|v| !v.is_empty())?;
+            let target: &'static Target = Box::leak(Box::new(Mutex::new(None)));
+            let listener = std::net::TcpListener::bind(&addr)
+                .unwrap_or_else(|e| panic!("the SMS relay cannot listen on {addr}: {e}"));
+            listener.set_nonblocking(true).unwrap();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(serve_relay(listener, target));
+            });
+            Some(target)
+        })
+    }
+
+    async fn serve_relay(listener: std::net::TcpListener, target: &'static Target) {
+        use axum::extract::RawQuery;
+        use axum::http::header::CONTENT_TYPE;
+        // No pooled connections: each stack's fake is a different server.
+        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let forward = move |RawQuery(query): RawQuery| {
+            let http = http.clone();
+            async move {
+                let json = |body: String| ([(CONTENT_TYPE, "application/json")], body);
+                let Some(endpoint) = target.lock().unwrap_or_else(PoisonError::into_inner).clone() else {
+                    return json(r#"{"Code":"isv.NO_TEST","Message":"no test is running","RequestId":"relay"}"#.into());
+                };
+                let url = format!("{endpoint}/?{}", query.unwrap_or_default());
+                match http.get(url).send().await {
+                    Ok(rsp) => json(rsp.text().await.unwrap_or_default()),
+                    Err(e) => json(serde_json::json!({"Code": "isp.RELAY", "Message": e.to_string()}).to_string()),
+                }
+            }
+        };
+        let app = axum::Router::new().fallback(forward);
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, app).await.unwrap();
+    }
 }

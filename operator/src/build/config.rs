@@ -131,7 +131,7 @@ fn config_data(ctx: &Ctx) -> BTreeMap<String, String> {
             data.insert("CHATMESH_OPENAI_BASE_URL".into(), endpoint.clone());
         }
         (SpeechProvider::Baidu, Some(endpoint)) => {
-            data.insert("CHATMESH_BAIDU_ENDPOINT".into(), endpoint.clone());
+            data.insert("CHATMESH_BAIDU_ASR_URL".into(), endpoint.clone());
         }
         _ => {}
     }

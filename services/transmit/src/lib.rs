@@ -34,6 +34,7 @@ pub struct TransmitDeps {
 pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> MsgTransmitServiceServer<service::Transmit> {
     let transmit = service::Transmit {
         db: deps.db,
+        profiles: Default::default(),
         queue: deps.queue,
         users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
         files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),

@@ -15,8 +15,14 @@ use tonic::{Request, Response, Status};
 
 use crate::error::TransmitError;
 
+/// How long a sender's profile is reused: one lookup per sender per window instead of one per
+/// message (a renamed user shows the old name on messages sent within it).
+const PROFILE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const PROFILE_CACHE: usize = 10_000;
+
 pub struct Transmit {
     pub db: Database,
+    pub profiles: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, UserInfo)>>,
     pub queue: Arc<dyn MessageQueue>,
     pub users: UserServiceClient<GrpcChannel>,
     pub files: FileServiceClient<GrpcChannel>,
@@ -129,9 +135,23 @@ impl Transmit {
     }
 
     async fn sender(&self, user_id: &str) -> Result<UserInfo, TransmitError> {
+        if let Some((at, info)) = self.profiles.lock().unwrap_or_else(|e| e.into_inner()).get(user_id)
+            && at.elapsed() < PROFILE_TTL
+        {
+            return Ok(info.clone());
+        }
         let req = GetMultiUserInfoReq { request_id: chatmesh_common::new_id(), users_id: vec![user_id.to_string()] };
         let mut rsp = expect_success(self.users.clone().get_multi_user_info(req).await)?;
-        Ok(rsp.users_info.remove(user_id).unwrap_or_else(|| UserInfo { user_id: user_id.into(), ..Default::default() }))
+        let info = rsp
+            .users_info
+            .remove(user_id)
+            .unwrap_or_else(|| UserInfo { user_id: user_id.into(), ..Default::default() });
+        let mut profiles = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if profiles.len() >= PROFILE_CACHE {
+            profiles.retain(|_, (at, _)| at.elapsed() < PROFILE_TTL);
+        }
+        profiles.insert(user_id.to_string(), (std::time::Instant::now(), info.clone()));
+        Ok(info)
     }
 }
 
