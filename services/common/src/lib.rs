@@ -64,3 +64,16 @@ pub fn test_url(var: &str) -> Option<String> {
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
+
+/// An error and its causes as one line (`outer: inner: ...`), for errors whose `Display` alone
+/// drops the detail that explains them.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -159,15 +159,7 @@ pub(crate) fn transport_error(err: reqwest::Error, timeout: Duration) -> SpeechE
     if err.is_timeout() {
         return SpeechError::Timeout(timeout);
     }
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    SpeechError::Transport(text)
+    SpeechError::Transport(chatmesh_common::error_chain(&err.without_url()))
 }
 
 /// An http(s) URL without a trailing slash, or a configuration error naming `what`.

@@ -240,15 +240,7 @@ fn sign(access_key_secret: &str, string_to_sign: &str) -> String {
 
 /// reqwest's Display includes the URL, which carries the code: drop it, keep the cause chain.
 fn transport(err: reqwest::Error) -> SmsError {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    SmsError::Transport(text)
+    SmsError::Transport(chatmesh_common::error_chain(&err.without_url()))
 }
 
 /// SignatureDoesNotMatch messages echo the server's string-to-sign (phone, TemplateParam with
