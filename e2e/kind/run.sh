@@ -24,6 +24,10 @@
 #                                server images for the managed dependencies [the operator's];
 #                                loaded into kind when present locally, else pulled by the node
 #   CHATMESH_KIND_SMS_PORT       port of the fake SMS endpoint on the host [18090]
+#   CHATMESH_KIND_PREBUILT       1: use $CHATMESH_KIND_IMAGE:<tag> and the operator's image as they
+#                                are in Docker, built beforehand (e2e/kind/airgap/build.sh), instead
+#                                of building them; the upgrade retags the image as <tag>-next
+#                                unless that exists too [0]
 # Diagnostics on stderr; non-zero exit on the first failure (with the operator's log tail).
 set -euo pipefail
 INFRA_NAME=kind
@@ -52,6 +56,7 @@ CLUSTER="${CHATMESH_KIND_CLUSTER:-chatmesh-e2e}"
 IMAGE="${CHATMESH_KIND_IMAGE:-chatmesh.local/chatmesh}"
 OPERATOR_IMAGE="${CHATMESH_KIND_OPERATOR_IMAGE:-chatmesh.local/chatmesh-operator}"
 TAG="${CHATMESH_KIND_TAG:-e2e-$(git rev-parse --short=12 HEAD 2>/dev/null || echo local)}"
+PREBUILT="${CHATMESH_KIND_PREBUILT:-0}"
 NEXT_TAG="$TAG-next"
 SMS_PORT="${CHATMESH_KIND_SMS_PORT:-18090}"
 NS=chat
@@ -89,7 +94,11 @@ check() { # check WHAT CMD...: note WHAT as missing when CMD fails.
 }
 check "docker client" command -v docker
 check "docker daemon (docker info)" docker info
-check "docker buildx/BuildKit" docker buildx version
+if ((PREBUILT)); then
+  check "pre-built images $IMAGE:$TAG, $OPERATOR_IMAGE:$TAG" docker image inspect "$IMAGE:$TAG" "$OPERATOR_IMAGE:$TAG"
+else
+  check "docker buildx/BuildKit" docker buildx version
+fi
 check "go (builds kind $KIND_VERSION and helm $HELM_VERSION, unless cached)" \
   bash -c "command -v go || [[ -x '$TOOLS_BIN/kind-$KIND_VERSION' && -x '$TOOLS_BIN/helm-$HELM_VERSION' ]]"
 check "cargo (runs the end-to-end suite)" command -v cargo
@@ -126,7 +135,7 @@ sms_host() {
 
 # chatsystem TAG SMS_HOST: the example ChatSystem made fit for this run (local image, NodePort
 # gateway on the mapped ports, one gateway to start with, SMS through the suite's fake Aliyun).
-chatsystem() {
+chatsystem_base() {
   local tag=$1 sms_host=$2 infra="" server var image
   for server in mysql redis rabbitmq elasticsearch; do
     var="CHATMESH_KIND_${server^^}_IMAGE"
@@ -146,6 +155,14 @@ chatsystem() {
     }}"
 }
 
+# CHATMESH_KIND_CHATSYSTEM_PATCH: an extra merge patch, e.g. lower CPU requests.
+chatsystem() {
+  if [[ -n "${CHATMESH_KIND_CHATSYSTEM_PATCH:-}" ]]; then
+    chatsystem_base "$@" | k patch --local -f - --type merge -o yaml -p "$CHATMESH_KIND_CHATSYSTEM_PATCH"
+  else
+    chatsystem_base "$@"
+  fi
+}
 if ((DRY_RUN)); then
   log "dry run: the ChatSystem it would apply is in $WORK/chatsystem.yaml"
   chatsystem "$TAG" "$(sms_host || echo 172.18.0.1)" >"$WORK/chatsystem.yaml"
@@ -176,7 +193,8 @@ fail() { # fail MESSAGE: with the ChatSystem's status and the operator's log.
 settled() {
   [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.metadata.generation}')" == \
     "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.observedGeneration}')" ]] &&
-    [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+    [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]] &&
+    [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.conditions[?(@.type=="Progressing")].status}')" != True ]]
 }
 wait_settled() { # wait_settled WHAT
   log "waiting for the ChatSystem to be Ready ($1)"
@@ -221,8 +239,13 @@ fi
 
 step "build the images from source and load them into the cluster"
 read -r -a build_args <<<"${CHATMESH_KIND_BUILD_ARGS:-}"
-run docker build "${build_args[@]}" -f services/chatmesh/Dockerfile -t "$IMAGE:$TAG" .
-run docker build "${build_args[@]}" -f operator/Dockerfile -t "$OPERATOR_IMAGE:$TAG" .
+build_image() { # build_image DOCKERFILE IMAGE: docker build, unless CHATMESH_KIND_PREBUILT
+  if ((PREBUILT)); then log "pre-built (CHATMESH_KIND_PREBUILT): $2"; else
+    run docker build "${build_args[@]}" -f "$1" -t "$2" .
+  fi
+}
+build_image services/chatmesh/Dockerfile "$IMAGE:$TAG"
+build_image operator/Dockerfile "$OPERATOR_IMAGE:$TAG"
 run "$KIND" load docker-image --name "$CLUSTER" "$IMAGE:$TAG" "$OPERATOR_IMAGE:$TAG"
 for server in MYSQL REDIS RABBITMQ ELASTICSEARCH; do
   var="CHATMESH_KIND_${server}_IMAGE"
@@ -307,7 +330,11 @@ if ((!DRY_RUN)); then
 fi
 
 step "upgrade the image: rebuild as $NEXT_TAG, load, patch spec.image.tag"
-run docker build "${build_args[@]}" -f services/chatmesh/Dockerfile -t "$IMAGE:$NEXT_TAG" .
+if ((PREBUILT)) && ! docker image inspect "$IMAGE:$NEXT_TAG" >/dev/null 2>&1; then
+  run docker tag "$IMAGE:$TAG" "$IMAGE:$NEXT_TAG"
+else
+  build_image services/chatmesh/Dockerfile "$IMAGE:$NEXT_TAG"
+fi
 run "$KIND" load docker-image --name "$CLUSTER" "$IMAGE:$NEXT_TAG"
 run "$KUBECTL" -n "$NS" patch chatsystem "$NAME" --type merge -p "{\"spec\":{\"image\":{\"tag\":\"$NEXT_TAG\"}}}"
 if ((!DRY_RUN)); then

@@ -1,0 +1,439 @@
+#!/usr/bin/env bash
+# The air-gapped path of the kind end-to-end run (see README.md here): builds, on this machine
+# and from package registries only (Debian apt, the Go module proxy, crates.io, PyPI, Maven),
+# everything the kind cluster and the run need that would otherwise be pulled from a container
+# registry, and caches it under ~/.cache/chatmesh/airgap. Idempotent: each product carries the
+# hash of its inputs and is rebuilt only when they changed.
+#
+#   e2e/kind/airgap/build.sh [STEP...]   # default: every step, in order
+#
+# Steps:
+#   dockerd   docker.io + runc-wrapper as the default runtime, dockerd started (dockerd.sh)
+#   base      chatmesh-airgap/debian:trixie      debootstrap (minbase) + `docker import`
+#   rust      chatmesh-airgap/rust:1.95-trixie   the base + gcc + this machine's Rust toolchain
+#   kube      kubelet, kubeadm, kubectl and the control plane from k8s.io/kubernetes (Go proxy)
+#   k8simages the images kubeadm expects (registry.k8s.io/...), coredns built from Go, pause from C
+#   node      chatmesh-airgap/kind-node:<k8s version>  the kind node image (see node/Dockerfile)
+#   infra     chatmesh-airgap.local/{mariadb,redis,rabbitmq,elasticsearch}:<suite>  (images/<server>/)
+#   apps      chatmesh.local/chatmesh and chatmesh.local/chatmesh-operator:<run.sh's tag>
+#   smoke     `kind create cluster --image <node>` until the node is Ready, then delete it
+# Unfinished steps are listed at the top of README.md.
+#
+# Prints, at the end, the environment for e2e/kind/run.sh (CHATMESH_KIND_NODE_IMAGE=..., ...).
+# Settings: CHATMESH_AIRGAP_DEBIAN_MIRROR [http://deb.debian.org/debian],
+# CHATMESH_AIRGAP_K8S_VERSION [v1.34.4], CHATMESH_AIRGAP_SUITE [trixie].
+# shellcheck disable=SC2317 # the step functions are called indirectly ("step_$name")
+set -euo pipefail
+INFRA_NAME=airgap
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=../../infra/lib.sh
+source "$ROOT/e2e/infra/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=../tools.sh
+source "$ROOT/e2e/kind/tools.sh"
+
+CACHE="$TOOLS_CACHE/airgap"
+LOGS="$CACHE/logs"
+STAMPS="$CACHE/stamps"
+mkdir -p "$LOGS" "$STAMPS"
+MIRROR="${CHATMESH_AIRGAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SUITE="${CHATMESH_AIRGAP_SUITE:-trixie}"
+K8S_VERSION="${CHATMESH_AIRGAP_K8S_VERSION:-v1.34.4}"
+ETCD_BUILD_VERSION="${CHATMESH_ETCD_VERSION:-v3.6.16}" # e2e/infra/kube.sh's build, reused
+RUST_VERSION="$(rustc --version 2>/dev/null | awk '{print $2}' || true)"
+
+BASE_IMAGE="chatmesh-airgap/debian:$SUITE"
+RUST_IMAGE="chatmesh-airgap/rust:${RUST_VERSION:-none}-$SUITE"
+NODE_BASE_IMAGE="chatmesh-airgap/kind-node-base:$SUITE"
+NODE_IMAGE="chatmesh-airgap/kind-node:$K8S_VERSION"
+KUBE_OUT="$CACHE/build/kubernetes-$K8S_VERSION/out"
+# The storage provisioner's images, as named in node/files/kind/manifests/default-storage.yaml.
+LPP_VERSION=v0.0.30
+LPP_IMAGE="chatmesh-airgap.local/local-path-provisioner:$LPP_VERSION"
+LPP_HELPER_IMAGE="chatmesh-airgap.local/local-path-helper:$SUITE"
+
+# The Docker 20.10 client of Debian's docker.io builds with BuildKit without buildx (a newer
+# client on PATH may insist on buildx).
+DOCKER=docker
+[[ -x /usr/bin/docker ]] && DOCKER=/usr/bin/docker
+export DOCKER_BUILDKIT=1
+NICE=(nice -n 10)
+
+# ---- caching -----------------------------------------------------------------------------------
+# hash_of ARG...: a hash over strings and, for ARGs that are files or directories, their content.
+hash_of() {
+  local arg
+  for arg in "$@"; do
+    if [[ -d "$arg" ]]; then
+      (cd "$arg" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    elif [[ -f "$arg" ]]; then
+      sha256sum <"$arg"
+    else
+      printf '%s\n' "$arg"
+    fi
+  done | sha256sum | cut -c1-16
+}
+# fresh NAME HASH: true when NAME was last built from inputs with this hash.
+fresh() { [[ "$(cat "$STAMPS/$1" 2>/dev/null)" == "$2" ]]; }
+done_stamp() { printf '%s\n' "$2" >"$STAMPS/$1"; }
+image_exists() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+# timed NAME CMD...: run CMD with its output in $LOGS/NAME.log, logging how long it took.
+timed() {
+  local name=$1 started=$SECONDS
+  shift
+  log "$name: building (log: $LOGS/$name.log)"
+  # Not `"$@" || die`: errexit does not apply inside a command that is the left side of `||`.
+  local rc
+  set +e
+  (
+    set -e
+    "$@"
+  ) >"$LOGS/$name.log" 2>&1
+  rc=$?
+  set -e
+  ((rc == 0)) || die "$name failed" "$LOGS/$name.log"
+  log "$name: done in $((SECONDS - started)) s"
+}
+
+# ---- dockerd -----------------------------------------------------------------------------------
+step_dockerd() { "$HERE/dockerd.sh"; }
+
+# ---- base: debootstrap + docker import -------------------------------------------------------
+# build_base HASH: the root filesystem (kept in the cache: a changed mirror or suite redoes it),
+# then the image.
+build_base() {
+  local rootfs="$CACHE/rootfs/debian-$SUITE"
+  if [[ "$(cat "$rootfs.done" 2>/dev/null)" != "$1" ]]; then
+    rm -rf "$rootfs" "$rootfs.done"
+    mkdir -p "$CACHE/rootfs"
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    "${NICE[@]}" debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$rootfs" "$MIRROR"
+    printf '%s\n' "$1" >"$rootfs.done"
+  fi
+  # As the official slim images: no package lists or apt caches in the image.
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+  printf 'deb %s %s main\n' "$MIRROR" "$SUITE" >"$rootfs/etc/apt/sources.list"
+  tar --numeric-owner -C "$rootfs" -c . | "$DOCKER" import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["bash"]' - "$BASE_IMAGE"
+}
+step_base() {
+  local h
+  h="$(hash_of base "$SUITE" "$MIRROR")"
+  if fresh base "$h" && image_exists "$BASE_IMAGE"; then log "base: $BASE_IMAGE is up to date"; return; fi
+  timed base build_base "$h"
+  done_stamp base "$h"
+}
+
+# ---- rust: the base + gcc + this machine's Rust toolchain --------------------------------------
+build_rust() {
+  local ctx="$CACHE/build/rust-image" sysroot
+  sysroot="$(rustc --print sysroot)"
+  rm -rf "$ctx" && mkdir -p "$ctx/rust"
+  # The toolchain without docs and sources: bin/, lib/ (rustc's libraries and the std rlibs).
+  cp -a "$sysroot/bin" "$sysroot/lib" "$ctx/rust/"
+  # This machine's own CAs (its egress re-signs TLS): crates.io and PyPI are reached through it.
+  # The images' CA bundles come from this image, so they trust these too.
+  mkdir -p "$ctx/ca"
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
+  rm -rf "$ctx/rust/lib/rustlib/src" "$ctx/rust/lib/rustlib/"*/analysis
+  cat >"$ctx/Dockerfile" <<EOF
+FROM $BASE_IMAGE
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev pkg-config \\
+ && rm -rf /var/lib/apt/lists/*
+COPY rust /usr/local/rust
+COPY ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo \\
+    PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+RUN mkdir -p /usr/local/cargo/bin && for b in /usr/local/rust/bin/*; do ln -s "\$b" /usr/local/cargo/bin/; done \\
+ && cargo --version && rustc --version
+EOF
+  "${NICE[@]}" "$DOCKER" build -t "$RUST_IMAGE" "$ctx"
+  rm -rf "$ctx"
+}
+step_rust() {
+  [[ -n "$RUST_VERSION" ]] || die "rustc is needed (its toolchain goes into $RUST_IMAGE)"
+  local h
+  h="$(hash_of rust "$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null)" "$(rustc -vV)" "sysroot=$(rustc --print sysroot)" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")")"
+  if fresh rust "$h" && image_exists "$RUST_IMAGE"; then log "rust: $RUST_IMAGE is up to date"; return; fi
+  timed rust build_rust
+  done_stamp rust "$h"
+}
+
+# ---- kube: Kubernetes binaries from the Go module proxy ----------------------------------------
+# As e2e/infra/kube.sh: a wrapper module requiring k8s.io/kubernetes, its staging modules
+# replaced with their published v0.X.Y (reusing its Go caches).
+KUBE_CMDS=(kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
+build_kube() {
+  local src="$CACHE/build/kubernetes-$K8S_VERSION" gomod staging pkg=k8s.io/component-base/version major minor cmd
+  mkdir -p "$src/out"
+  gomod="$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION's go.mod"
+  staging="v0.${K8S_VERSION#v1.}"
+  {
+    printf 'module chatmesh.test/kubernetes\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 '"$staging"'#p' "$gomod"
+    echo ")"
+  } >"$src/go.mod"
+  major="${K8S_VERSION#v}" && major="${major%%.*}"
+  minor="${K8S_VERSION#v*.}" && minor="${minor%%.*}"
+  local pkgs=()
+  for cmd in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local "${NICE[@]}" go build -mod=mod -trimpath \
+    -ldflags "-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" \
+    -o out/ "${pkgs[@]}")
+}
+step_kube() {
+  local h cmd ok=1
+  h="$(hash_of kube "$K8S_VERSION" "${KUBE_CMDS[@]}")"
+  for cmd in "${KUBE_CMDS[@]}"; do [[ -x "$KUBE_OUT/$cmd" ]] || ok=0; done
+  if ((ok)) && fresh kube "$h"; then log "kube: Kubernetes $K8S_VERSION binaries are up to date"; return; fi
+  timed kube build_kube
+  done_stamp kube "$h"
+}
+
+# ---- k8simages: the images kubeadm's static pods and add-ons run -----------------------------
+# kubeadm_image NAME: the image kubeadm $K8S_VERSION expects for NAME (pause, etcd, coredns, ...).
+kubeadm_image() { "$KUBE_OUT/kubeadm" config images list --kubernetes-version "$K8S_VERSION" 2>/dev/null | grep -m1 "/$1:"; }
+# import_binary IMAGE BINARY NAME [ENTRYPOINT]: a one-file image via `docker import`: BINARY as
+# /usr/local/bin/NAME (where the official images have it; kubeadm's static pods run NAME from
+# PATH), also at ENTRYPOINT when given (e.g. /pause, /coredns), which is the image's entrypoint.
+import_binary() {
+  local image=$1 binary=$2 name=$3 entry="${4:-/usr/local/bin/$3}" dir
+  dir="$(mktemp -d "$CACHE/build/img.XXXXXX")"
+  mkdir -p "$dir/usr/local/bin" "$dir/tmp" "$dir/etc"
+  chmod 1777 "$dir/tmp"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
+  cp "$binary" "$dir/usr/local/bin/$name"
+  [[ "$entry" == "/usr/local/bin/$name" ]] || cp "$binary" "$dir$entry"
+  tar --numeric-owner --owner=0 --group=0 -C "$dir" -c . | "$DOCKER" import \
+    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' --change "ENTRYPOINT [\"$entry\"]" - "$image"
+  rm -rf "$dir"
+}
+build_k8simages() {
+  local etcd="$TOOLS_CACHE/bin/etcd-$ETCD_BUILD_VERSION" coredns_version coredns_bin img
+  [[ -x "$etcd" ]] || { "$ROOT/e2e/infra/kube.sh" >/dev/null || die "e2e/infra/kube.sh (builds etcd) failed"; }
+  # pause: static C
+  mkdir -p "$CACHE/build/pause"
+  gcc -static -O2 -o "$CACHE/build/pause/pause" "$HERE/images/pause.c"
+  strip "$CACHE/build/pause/pause"
+  import_binary "$(kubeadm_image pause)" "$CACHE/build/pause/pause" pause /pause
+  import_binary "$(kubeadm_image etcd)" "$etcd" etcd
+  for img in kube-apiserver kube-controller-manager kube-scheduler; do
+    import_binary "$(kubeadm_image "$img")" "$KUBE_OUT/$img" "$img"
+  done
+  # kube-proxy runs iptables: Debian with iptables, nftables and conntrack.
+  local ctx="$CACHE/build/kube-proxy-image"
+  rm -rf "$ctx" && mkdir -p "$ctx" && cp "$KUBE_OUT/kube-proxy" "$ctx/"
+  cat >"$ctx/Dockerfile" <<EOF
+FROM $BASE_IMAGE
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables nftables conntrack kmod \\
+ && rm -rf /var/lib/apt/lists/*
+COPY kube-proxy /usr/local/bin/kube-proxy
+ENTRYPOINT ["/usr/local/bin/kube-proxy"]
+EOF
+  "${NICE[@]}" "$DOCKER" build -t "$(kubeadm_image kube-proxy)" "$ctx"
+  rm -rf "$ctx"
+  # CoreDNS from github.com/coredns/coredns at the version kubeadm names.
+  img="$(kubeadm_image coredns)"
+  coredns_version="${img##*:}"
+  coredns_bin="$CACHE/bin/coredns-$coredns_version"
+  if [[ ! -x "$coredns_bin" ]]; then
+    local gobin
+    gobin="$(mktemp -d "$CACHE/build/gobin.XXXXXX")"
+    CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local GOBIN="$gobin" "${NICE[@]}" \
+      go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$coredns_version"
+    mkdir -p "$CACHE/bin" && mv "$gobin/coredns" "$coredns_bin" && rm -rf "$gobin"
+  fi
+  import_binary "$img" "$coredns_bin" coredns /coredns
+  # The default StorageClass (node/files/kind/manifests/default-storage.yaml, as kind's):
+  # rancher.io/local-path-provisioner from the Go module proxy; its helper pods run the base.
+  local lpp_bin="$CACHE/bin/local-path-provisioner-$LPP_VERSION"
+  if [[ ! -x "$lpp_bin" ]]; then
+    local gobin
+    gobin="$(mktemp -d "$CACHE/build/gobin.XXXXXX")"
+    CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local GOBIN="$gobin" "${NICE[@]}" \
+      go install -trimpath -ldflags "-s -w" "github.com/rancher/local-path-provisioner@$LPP_VERSION"
+    mkdir -p "$CACHE/bin" && mv "$gobin/local-path-provisioner" "$lpp_bin" && rm -rf "$gobin"
+  fi
+  import_binary "$LPP_IMAGE" "$lpp_bin" local-path-provisioner
+  "$DOCKER" tag "$BASE_IMAGE" "$LPP_HELPER_IMAGE"
+  # All of them in one archive, for the node image's containerd.
+  mapfile -t imgs < <("$KUBE_OUT/kubeadm" config images list --kubernetes-version "$K8S_VERSION")
+  imgs+=("$LPP_IMAGE" "$LPP_HELPER_IMAGE")
+  "$DOCKER" save -o "$CACHE/build/k8s-images.tar.tmp" "${imgs[@]}"
+  mv "$CACHE/build/k8s-images.tar.tmp" "$CACHE/build/k8s-images.tar"
+}
+step_k8simages() {
+  local h
+  h="$(hash_of k8simages "$K8S_VERSION" "$ETCD_BUILD_VERSION" "$HERE/images/pause.c" "$LPP_VERSION" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")" \
+    "$KUBE_OUT/kube-apiserver" "$KUBE_OUT/kube-controller-manager" "$KUBE_OUT/kube-scheduler" "$KUBE_OUT/kube-proxy")"
+  if fresh k8simages "$h" && [[ -s "$CACHE/build/k8s-images.tar" ]]; then log "k8simages: up to date"; return; fi
+  timed k8simages build_k8simages
+  done_stamp k8simages "$h"
+}
+
+# ---- node: the kind node image -----------------------------------------------------------------
+# crictl_bin: crictl (kind's `load` inspects images with it) from the Go module proxy, cached.
+CRICTL_VERSION=v1.34.0
+crictl_bin() {
+  local bin="$CACHE/bin/crictl-$CRICTL_VERSION" gobin
+  if [[ ! -x "$bin" ]]; then
+    gobin="$(mktemp -d "$CACHE/build/gobin.XXXXXX")"
+    CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local GOBIN="$gobin" "${NICE[@]}" \
+      go install -trimpath -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" >&2
+    mkdir -p "$CACHE/bin" && mv "$gobin/crictl" "$bin" && rm -rf "$gobin"
+  fi
+  echo "$bin"
+}
+# kind's own node files (entrypoint, systemd units, mount helpers), taken from the kind module
+# the Go module proxy serves, at the pinned version: used as they are, not copied into this repo.
+kind_base_files() {
+  local dir
+  dir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$dir/images/base/files" ]] || die "kind $KIND_VERSION's images/base/files not in the module cache"
+  echo "$dir/images/base/files"
+}
+build_node() {
+  local ctx="$CACHE/build/node-image" id cmd kind_files
+  rm -rf "$ctx" && mkdir -p "$ctx/files"
+  kind_files="$(kind_base_files)"
+  cp -a "$kind_files/." "$ctx/files/" && chmod -R u+w "$ctx/files"
+  # Ours on top: containerd's configuration, the CNI and storage manifests.
+  cp -a "$HERE/node/." "$ctx/" && cp "$HERE/runc-wrapper" "$ctx/"
+  # Debian's containerd lives in /usr/bin, not kind's /usr/local/bin.
+  sed -i 's|^ExecStart=/usr/local/bin/containerd$|ExecStart=/usr/bin/containerd|' \
+    "$ctx/files/etc/systemd/system/containerd.service"
+  "${NICE[@]}" "$DOCKER" build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$NODE_BASE_IMAGE" "$ctx"
+  rm -rf "$ctx"
+  # As kind's `build node-image`: a container that sleeps, the binaries copied in, the images
+  # imported into its containerd (content only: unpacked when the node starts), committed.
+  id=chatmesh-airgap-node-build # (a failed run's container is removed by the next)
+  "$DOCKER" rm -f "$id" >/dev/null 2>&1 || true
+  "$DOCKER" run -d --name "$id" --entrypoint=sleep --security-opt seccomp=unconfined "$NODE_BASE_IMAGE" infinity
+  for cmd in kubelet kubeadm kubectl; do "$DOCKER" cp "$KUBE_OUT/$cmd" "$id:/usr/bin/$cmd"; done
+  "$DOCKER" cp "$(crictl_bin)" "$id:/usr/local/bin/crictl"
+  "$DOCKER" exec "$id" bash -c "mkdir -p /kind && echo $K8S_VERSION >/kind/version"
+  "$DOCKER" exec "$id" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &'
+  # shellcheck disable=SC2016 # expanded in the container
+  "$DOCKER" exec "$id" bash -c 'for i in $(seq 60); do [ -S /run/containerd/containerd.sock ] && ctr version >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1'
+  "$DOCKER" exec -i "$id" ctr --namespace=k8s.io images import --label=io.cri-containerd.pinned=pinned \
+    --all-platforms --no-unpack --digests - <"$CACHE/build/k8s-images.tar"
+  "$DOCKER" exec "$id" ctr --namespace=k8s.io images list -q
+  # shellcheck disable=SC2016 # expanded in the container
+  "$DOCKER" exec "$id" bash -c 'pkill containerd; for i in $(seq 30); do ps -C containerd -o stat= | grep -qv Z || exit 0; sleep 1; done; exit 1'
+  "$DOCKER" exec "$id" rm -f /tmp/containerd.log
+  "$DOCKER" commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' --change 'CMD []' "$id" "$NODE_IMAGE"
+  "$DOCKER" rm -f "$id"
+}
+step_node() {
+  local h
+  h="$(hash_of node "$CRICTL_VERSION" "$KIND_VERSION" "$HERE/node" "$HERE/runc-wrapper" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")" \
+    "$KUBE_OUT/kubelet" "$KUBE_OUT/kubeadm" "$KUBE_OUT/kubectl" "$CACHE/build/k8s-images.tar")"
+  if fresh node "$h" && image_exists "$NODE_IMAGE"; then log "node: $NODE_IMAGE is up to date"; return; fi
+  timed node build_node
+  done_stamp node "$h"
+}
+
+# ---- infra: the managed dependencies' server images -------------------------------------------
+# images/<server>/Dockerfile on the base, with the official images' interface as the operator
+# uses it (operator/src/build/infra.rs). Elasticsearch's jars are resolved with Maven on this
+# machine (e2e/infra/es-runner/pom.xml, as e2e/infra/elasticsearch.sh) and go in its context.
+INFRA_SERVERS=(mariadb redis rabbitmq elasticsearch)
+infra_image() { echo "chatmesh-airgap.local/$1:$SUITE"; }
+# es_jars DIR: the Elasticsearch runner's jars, copied into DIR.
+es_jars() {
+  local pom="$ROOT/e2e/infra/es-runner/pom.xml" cp_file jars jar
+  cp_file="$CACHE/build/es-classpath-$(sha1sum "$pom" | cut -c1-12).txt"
+  if [[ ! -s "$cp_file" ]]; then
+    command -v mvn >/dev/null || apt_install maven
+    mvn -B -f "$pom" dependency:build-classpath -Dmdep.outputFile="$cp_file" </dev/null >&2
+  fi
+  IFS=: read -r -a jars <"$cp_file" || true
+  mkdir -p "$1"
+  for jar in "${jars[@]}"; do cp "$jar" "$1/"; done
+}
+build_infra() { # build_infra SERVER
+  local ctx="$CACHE/build/infra-$1"
+  rm -rf "$ctx" && cp -a "$HERE/images/$1" "$ctx"
+  [[ "$1" == elasticsearch ]] && es_jars "$ctx/lib"
+  "${NICE[@]}" "$DOCKER" build --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$(infra_image "$1")" "$ctx"
+  rm -rf "$ctx"
+}
+step_infra() {
+  local server h
+  for server in "${INFRA_SERVERS[@]}"; do
+    h="$(hash_of infra "$HERE/images/$server" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")")"
+    [[ "$server" == elasticsearch ]] && h="$(hash_of "$h" "$ROOT/e2e/infra/es-runner/pom.xml")"
+    if fresh "infra-$server" "$h" && image_exists "$(infra_image "$server")"; then
+      log "infra-$server: $(infra_image "$server") is up to date"
+      continue
+    fi
+    timed "infra-$server" build_infra "$server"
+    done_stamp "infra-$server" "$h"
+  done
+}
+
+# ---- apps: the chatmesh and operator images from our Dockerfiles -------------------------------
+# The Dockerfiles' base-image ARGs point at the images above. Debian's Docker 20.10 has BuildKit
+# but not buildx, and its BuildKit would pull the `# syntax=docker/dockerfile:1` frontend from
+# Docker Hub: the Dockerfile goes in on stdin without that line (the built-in frontend reads it
+# the same). Crates come from crates.io, the speech stage's wheels from PyPI, inside the build.
+# The tag is e2e/kind/run.sh's default (e2e-<commit>), or CHATMESH_KIND_TAG.
+APP_TAG="${CHATMESH_KIND_TAG:-e2e-$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo local)}"
+APP_IMAGE="${CHATMESH_KIND_IMAGE:-chatmesh.local/chatmesh}"
+APP_OPERATOR_IMAGE="${CHATMESH_KIND_OPERATOR_IMAGE:-chatmesh.local/chatmesh-operator}"
+build_app() { # build_app DOCKERFILE IMAGE
+  sed '/^# syntax=/d' "$ROOT/$1" | "${NICE[@]}" "$DOCKER" build -f - \
+    --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$BASE_IMAGE" -t "$2" "$ROOT"
+}
+step_apps() {
+  # No input hash: the Docker build cache makes an unchanged rebuild a no-op.
+  timed operator-image build_app operator/Dockerfile "$APP_OPERATOR_IMAGE:$APP_TAG"
+  timed chatmesh-image build_app services/chatmesh/Dockerfile "$APP_IMAGE:$APP_TAG"
+}
+
+# ---- smoke: a cluster from the node image reaches Ready ---------------------------------------
+smoke() {
+  local name=chatmesh-airgap-smoke kubeconfig="$CACHE/smoke.kubeconfig"
+  need_kind
+  "$KIND" delete cluster --name "$name" >/dev/null 2>&1 || true
+  "$KIND" create cluster --name "$name" --image "$NODE_IMAGE" --kubeconfig "$kubeconfig" --wait 300s --retain ||
+    { docker exec "$name-control-plane" journalctl --no-pager -n 80 || true; return 1; }
+  need_kubectl
+  "$KUBECTL" --kubeconfig "$kubeconfig" get nodes -o wide
+  # (The provisioner may restart once: it can start before kube-proxy has the Service rules.)
+  "$KUBECTL" --kubeconfig "$kubeconfig" -n kube-system rollout status deploy/coredns --timeout=180s
+  "$KUBECTL" --kubeconfig "$kubeconfig" -n kube-system rollout status ds/kube-proxy --timeout=180s
+  "$KUBECTL" --kubeconfig "$kubeconfig" -n local-path-storage rollout status deploy/local-path-provisioner --timeout=180s
+  "$KUBECTL" --kubeconfig "$kubeconfig" get pods -A -o wide
+  "$KIND" delete cluster --name "$name"
+}
+step_smoke() { timed smoke smoke; }
+
+ALL_STEPS=(dockerd base rust kube k8simages node infra apps)
+main() {
+  local steps=("$@") s started=$SECONDS
+  ((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
+  for s in "${steps[@]}"; do
+    declare -F "step_$s" >/dev/null || die "unknown step $s (steps: ${ALL_STEPS[*]} smoke)"
+    "step_$s"
+  done
+  log "done in $((SECONDS - started)) s"
+  echo "export CHATMESH_KIND_NODE_IMAGE=$NODE_IMAGE"
+  echo "export CHATMESH_KIND_MYSQL_IMAGE=$(infra_image mariadb)"
+  echo "export CHATMESH_KIND_REDIS_IMAGE=$(infra_image redis)"
+  echo "export CHATMESH_KIND_RABBITMQ_IMAGE=$(infra_image rabbitmq)"
+  echo "export CHATMESH_KIND_ELASTICSEARCH_IMAGE=$(infra_image elasticsearch)"
+  echo "export CHATMESH_KIND_TAG=$APP_TAG CHATMESH_KIND_PREBUILT=1"
+  # A 2-core node cannot fit the example's CPU requests next to the control plane.
+  local cpu_patch='{"spec":{"services":{"gateway":{"resources":{"requests":{"cpu":"10m"}}},"user":{"resources":{"requests":{"cpu":"10m"}}},"friend":{"resources":{"requests":{"cpu":"10m"}}},"file":{"resources":{"requests":{"cpu":"10m"}}},"message":{"resources":{"requests":{"cpu":"10m"}}},"transmit":{"resources":{"requests":{"cpu":"10m"}}},"speech":{"resources":{"requests":{"cpu":"10m"}}}},"mysql":{"managed":{"resources":{"requests":{"cpu":"10m"}}}},"redis":{"managed":{"resources":{"requests":{"cpu":"10m"}}}},"rabbitmq":{"managed":{"resources":{"requests":{"cpu":"10m"}}}},"elasticsearch":{"managed":{"resources":{"requests":{"cpu":"10m"}}}}}}'
+  printf "export CHATMESH_KIND_CHATSYSTEM_PATCH='%s'\n" "$cpu_patch"
+}
+# On one line: bash reads a script as it runs it, so editing this file during a run is safe.
+main "$@"; exit

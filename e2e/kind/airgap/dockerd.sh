@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Docker on a machine without systemd whose VM withholds CAP_SYS_RESOURCE: installs docker.io
+# (Debian) when dockerd is missing, installs runc-wrapper (next to this script) as dockerd's
+# default runtime in /etc/docker/daemon.json, and starts dockerd in the background (log:
+# ~/.cache/chatmesh/airgap/dockerd.log). Idempotent: a no-op when `docker info` answers and the
+# wrapper is the default runtime. `--check` starts a privileged container from the given image
+# afterwards (e.g. `dockerd.sh --check chatmesh-airgap/debian:trixie`).
+set -euo pipefail
+INFRA_NAME=airgap-dockerd
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=../../infra/lib.sh
+source "$HERE/../../infra/lib.sh"
+CACHE="${CHATMESH_CACHE:-$HOME/.cache/chatmesh}/airgap"
+WRAPPER=/usr/local/libexec/chatmesh/runc-wrapper
+RUNTIME=chatmesh-runc
+mkdir -p "$CACHE"
+
+command -v dockerd >/dev/null || apt_install docker.io containerd runc iptables jq
+command -v jq >/dev/null || apt_install jq
+install -D -m 0755 "$HERE/runc-wrapper" "$WRAPPER"
+
+want="$(jq -n --arg rt "$RUNTIME" --arg path "$WRAPPER" \
+  '{"runtimes": {($rt): {"path": $path}}, "default-runtime": $rt, "storage-driver": "overlay2"}')"
+mkdir -p /etc/docker
+changed=0
+if [[ ! -f /etc/docker/daemon.json ]] || [[ "$(jq -S . /etc/docker/daemon.json)" != "$(jq -S . <<<"$want")" ]]; then
+  [[ -f /etc/docker/daemon.json ]] && cp /etc/docker/daemon.json "/etc/docker/daemon.json.bak.$(date +%s)"
+  printf '%s\n' "$want" >/etc/docker/daemon.json
+  changed=1
+fi
+
+running() { docker info >/dev/null 2>&1; }
+if running && ((changed)); then
+  log "daemon.json changed: restarting dockerd"
+  pid="$(cat /var/run/docker.pid)"
+  kill "$pid"
+  wait_until 60 bash -c "! kill -0 $pid" || die "dockerd ($pid) did not stop"
+fi
+if ! running; then
+  log "starting dockerd (log: $CACHE/dockerd.log)"
+  start_bg "$CACHE/dockerd.log" dockerd
+  wait_up 60 docker info || die "dockerd did not start" "$CACHE/dockerd.log"
+fi
+[[ "$(docker info -f '{{.DefaultRuntime}}')" == "$RUNTIME" ]] || die "dockerd's default runtime is not $RUNTIME"
+log "dockerd is up (default runtime $RUNTIME -> $WRAPPER)"
+
+if [[ "${1:-}" == --check ]]; then
+  image="${2:?--check IMAGE}"
+  out="$(docker run --rm --privileged "$image" sh -c 'grep CapEff /proc/self/status')" ||
+    die "a privileged container from $image does not start"
+  log "privileged container from $image ran: $out"
+fi
