@@ -31,6 +31,10 @@ pub trait Envelope: prost::Message + Default + 'static {
     fn user_id(&self) -> &str {
         ""
     }
+    /// The caller: the gateway-set user id, if there is one (empty counts as none).
+    fn caller(&self) -> Option<&str> {
+        Some(self.user_id()).filter(|id| !id.is_empty())
+    }
     /// Clears fields a client must never set (internal extensions).
     fn clear_internal(&mut self) {}
 }

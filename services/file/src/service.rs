@@ -69,7 +69,7 @@ impl FileService for Files {
 }
 
 fn caller(req: &impl Envelope) -> Result<&str, FileError> {
-    Some(req.user_id()).filter(|id| !id.is_empty()).ok_or(FileError::NoCaller)
+    req.caller().ok_or(FileError::NoCaller)
 }
 
 impl Files {

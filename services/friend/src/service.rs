@@ -30,7 +30,7 @@ pub struct Friends {
 type Rpc<T> = Result<Response<T>, Status>;
 
 fn caller(req: &impl Envelope) -> Result<String, FriendError> {
-    Some(req.user_id().to_string()).filter(|id| !id.is_empty()).ok_or(FriendError::NoCaller)
+    req.caller().map(str::to_string).ok_or(FriendError::NoCaller)
 }
 
 #[tonic::async_trait]

@@ -81,7 +81,7 @@ impl MsgStorageService for History {
 impl History {
     /// The caller, if a member of the session; unknown and not-yours look the same.
     async fn member(&self, req: &impl Envelope, session: &str) -> Result<String, MessageError> {
-        let me = Some(req.user_id().to_string()).filter(|id| !id.is_empty()).ok_or(MessageError::NoCaller)?;
+        let me = req.caller().map(str::to_string).ok_or(MessageError::NoCaller)?;
         if chatmesh_common::db::is_member(&self.db, session, &me).await? {
             Ok(me)
         } else {

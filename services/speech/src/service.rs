@@ -60,7 +60,7 @@ impl SpeechService for Speech {
 
 /// The user the gateway resolved from the login session; the service serves no one else.
 fn caller(req: &impl Envelope) -> Result<&str, SpeechError> {
-    Some(req.user_id()).filter(|id| !id.is_empty()).ok_or(SpeechError::NoCaller)
+    req.caller().ok_or(SpeechError::NoCaller)
 }
 
 #[cfg(test)]

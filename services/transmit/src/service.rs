@@ -49,7 +49,7 @@ fn attachment(content: &MsgContent) -> Option<(&str, &[u8])> {
 
 impl Transmit {
     async fn transmit(&self, req: NewMessageReq) -> Result<GetTransmitTargetRsp, TransmitError> {
-        let sender = Some(req.user_id().to_string()).filter(|id| !id.is_empty()).ok_or(TransmitError::NoCaller)?;
+        let sender = req.caller().map(str::to_string).ok_or(TransmitError::NoCaller)?;
         let content = req.message.as_ref().ok_or(TransmitError::NoContent)?;
         let body = self.check(content)?;
         let members = chatmesh_common::db::chat_members(&self.db, &req.chat_session_id).await?;

@@ -191,7 +191,7 @@ impl UserService for Users {
 }
 
 fn caller(req: &impl Envelope) -> Result<&str, UserError> {
-    Some(req.user_id()).filter(|id| !id.is_empty()).ok_or(UserError::NoCaller)
+    req.caller().ok_or(UserError::NoCaller)
 }
 
 impl Users {
