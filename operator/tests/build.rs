@@ -102,6 +102,9 @@ fn defaults_make_a_whole_system() {
     assert_eq!(cm["CHATMESH_TRANSMIT_ADDR"], "http://demo-transmit:10004");
     assert_eq!(cm["CHATMESH_MESSAGE_ADDR"], "http://demo-message:10005");
     assert_eq!(cm["CHATMESH_FRIEND_ADDR"], "http://demo-friend:10006");
+    // The binary's internal ports default to loopback; in a pod they must face the other pods.
+    assert_eq!(cm["CHATMESH_USER_LISTEN"], "0.0.0.0:10003");
+    assert_eq!(cm["CHATMESH_SPEECH_LISTEN"], "0.0.0.0:10001");
     for value in cm.values() {
         assert!(!value.contains("pw"), "a secret leaked into the ConfigMap: {value}");
     }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fake_aliyun;
 
 use std::net::TcpListener;
@@ -153,6 +154,11 @@ impl Stack {
             shared.push(format!("--amqp-url={amqp}"));
             shared.push(format!("--amqp-queue={name}"));
         }
+        if backend == Backend::Real && !extra.iter().any(|f| f.starts_with("--tls-")) {
+            // The deployment people run: every internal call is mutual TLS.
+            let ca = certs::TestCa::new("chatmesh test CA");
+            shared.extend(ca.write(dir.path(), "mesh", &certs::ALL_SERVICES).flags());
+        }
         shared.extend(extra.iter().map(|s| s.to_string()));
         let (http_port, ws_port) = (free_port(), free_port());
         let mut args = shared.clone();
@@ -194,6 +200,12 @@ impl Stack {
             self.wait_ready(&client).await;
         }
         (proc, client)
+    }
+
+    /// The address flag of an internal service (`http://127.0.0.1:<port>`).
+    pub fn internal_addr(&self, service: &str) -> String {
+        let prefix = format!("--{service}-addr=");
+        self.shared.iter().find_map(|f| f.strip_prefix(&prefix)).expect("a service of this stack").to_string()
     }
 
     async fn wait_ready(&self, client: &Client) {

@@ -116,6 +116,10 @@ fn config_data(ctx: &Ctx) -> BTreeMap<String, String> {
             // Headless Services: the client resolves every pod's address and balances.
             let var = format!("CHATMESH_{}_ADDR", component.name().to_uppercase());
             data.insert(var, format!("http://{}:{port}", ctx.child(component.name())));
+            // The binary keeps internal ports on loopback unless told otherwise; pods are
+            // reached from other pods (mutual TLS and NetworkPolicies guard them).
+            let listen = format!("CHATMESH_{}_LISTEN", component.name().to_uppercase());
+            data.insert(listen, format!("0.0.0.0:{port}"));
         }
     }
     if spec.sms.provider == SmsProvider::Aliyun {

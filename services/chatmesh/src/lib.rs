@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatmesh_common::grpc::{self, GrpcChannel};
+use chatmesh_common::mesh::Service;
+use chatmesh_common::mesh::tls::{MeshTls, TlsFiles};
 use chatmesh_common::queue::MessageQueue;
 use chatmesh_common::search::SearchIndex;
 use chatmesh_common::telemetry::LogFormat;
@@ -79,21 +81,36 @@ pub struct Cli {
     pub http_listen: SocketAddr,
     #[arg(long, env = "CHATMESH_WS_LISTEN", default_value = "0.0.0.0:9001")]
     pub ws_listen: SocketAddr,
-    #[arg(long, env = "CHATMESH_SPEECH_LISTEN", default_value = "0.0.0.0:10001")]
+    #[arg(long, env = "CHATMESH_SPEECH_LISTEN", default_value = "127.0.0.1:10001")]
     pub speech_listen: SocketAddr,
-    #[arg(long, env = "CHATMESH_FILE_LISTEN", default_value = "0.0.0.0:10002")]
+    #[arg(long, env = "CHATMESH_FILE_LISTEN", default_value = "127.0.0.1:10002")]
     pub file_listen: SocketAddr,
-    #[arg(long, env = "CHATMESH_USER_LISTEN", default_value = "0.0.0.0:10003")]
+    #[arg(long, env = "CHATMESH_USER_LISTEN", default_value = "127.0.0.1:10003")]
     pub user_listen: SocketAddr,
-    #[arg(long, env = "CHATMESH_TRANSMIT_LISTEN", default_value = "0.0.0.0:10004")]
+    #[arg(long, env = "CHATMESH_TRANSMIT_LISTEN", default_value = "127.0.0.1:10004")]
     pub transmit_listen: SocketAddr,
-    #[arg(long, env = "CHATMESH_MESSAGE_LISTEN", default_value = "0.0.0.0:10005")]
+    #[arg(long, env = "CHATMESH_MESSAGE_LISTEN", default_value = "127.0.0.1:10005")]
     pub message_listen: SocketAddr,
-    #[arg(long, env = "CHATMESH_FRIEND_LISTEN", default_value = "0.0.0.0:10006")]
+    #[arg(long, env = "CHATMESH_FRIEND_LISTEN", default_value = "127.0.0.1:10006")]
     pub friend_listen: SocketAddr,
     /// Health (`/healthz`, `/readyz`) and Prometheus `/metrics` of this process.
-    #[arg(long, env = "CHATMESH_ADMIN_LISTEN", default_value = "0.0.0.0:9100")]
+    #[arg(long, env = "CHATMESH_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
+
+    /// This process's certificate (PEM) for internal calls; with `--tls-key` and `--tls-ca`,
+    /// every internal gRPC connection is mutual TLS. It must name the services this process
+    /// runs (URI SANs `spiffe://chatmesh.io/service/<name>`).
+    #[arg(long, env = "CHATMESH_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CHATMESH_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that internal peers' certificates must chain to.
+    #[arg(long, env = "CHATMESH_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes (a mounted Secret is updated in place).
+    #[arg(long, env = "CHATMESH_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
 
     #[arg(long, env = "CHATMESH_SPEECH_ADDR", default_value = "http://127.0.0.1:10001")]
     pub speech_addr: String,
@@ -144,8 +161,60 @@ impl Cli {
             .unwrap_or_else(|| format!("sqlite://{}/chatmesh.db?mode=rwc", self.data_dir.display()))
     }
 
-    fn channel(&self, url: &str) -> anyhow::Result<GrpcChannel> {
-        Ok(grpc::channel(url, self.rpc_timeout, self.dns_refresh)?)
+    /// The services this process serves over gRPC (the gateway only calls).
+    fn services(&self) -> Vec<Service> {
+        let map = [
+            (Target::Gateway, Service::Gateway),
+            (Target::User, Service::User),
+            (Target::Friend, Service::Friend),
+            (Target::File, Service::File),
+            (Target::Message, Service::Message),
+            (Target::Transmit, Service::Transmit),
+            (Target::Speech, Service::Speech),
+        ];
+        map.into_iter().filter(|(t, _)| self.runs(*t)).map(|(_, s)| s).collect()
+    }
+
+    /// The mesh's certificates, when configured; they must name every service this process runs.
+    fn mesh_tls(&self) -> anyhow::Result<Option<MeshTls>> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca) else {
+            return Ok(None);
+        };
+        let files = TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() };
+        let tls = MeshTls::load(files, self.tls_reload_interval).context("internal TLS")?;
+        let named = tls.current().identity.clone();
+        let missing: Vec<&str> = self.services().into_iter().filter(|s| !named.contains(s)).map(|s| s.name()).collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "the TLS certificate {} does not name {} (it names {named:?}); peers would refuse this process's calls",
+            cert.display(),
+            missing.join(", ")
+        );
+        Ok(Some(tls))
+    }
+
+    /// Internal ports without the mesh are for this host alone; say so when one is wider.
+    fn warn_exposed(&self, tls: bool) {
+        if tls {
+            return;
+        }
+        let internal = [
+            (Target::Speech, self.speech_listen),
+            (Target::File, self.file_listen),
+            (Target::User, self.user_listen),
+            (Target::Transmit, self.transmit_listen),
+            (Target::Message, self.message_listen),
+            (Target::Friend, self.friend_listen),
+        ];
+        for (target, addr) in internal.into_iter().filter(|(t, _)| self.runs(*t)) {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    %addr, service = ?target,
+                    "internal port open beyond this host without TLS: anyone who reaches it can act as any user \
+                     (set --tls-cert/--tls-key/--tls-ca, or listen on 127.0.0.1)"
+                );
+            }
+        }
     }
 }
 
@@ -224,12 +293,10 @@ impl Backends {
     }
 }
 
-fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder().tcp_nodelay(true)
-}
-
 /// Runs the configured targets until `shutdown` turns true (or one of them fails).
 pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let tls = cli.mesh_tls()?;
+    cli.warn_exposed(tls.is_some());
     let backends = Arc::new(Backends::open(&cli).await?);
     if cli.target == [Target::Migrate] {
         tracing::info!("database schema is up to date");
@@ -252,7 +319,11 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     let admin = admin_router(backends.clone());
     spawn_http(&mut tasks, grpc::bind(cli.admin_listen).await?, admin);
 
-    let mut grpc_routes: Vec<(SocketAddr, tonic::transport::server::Router)> = Vec::new();
+    let grpc_server = || grpc::server(tls.is_some());
+    let channel = |url: &str| -> anyhow::Result<GrpcChannel> {
+        Ok(grpc::channel(url, cli.rpc_timeout, cli.dns_refresh, tls.as_ref())?)
+    };
+    let mut grpc_routes: Vec<(SocketAddr, grpc::MeshRouter)> = Vec::new();
     if cli.runs(Target::File) {
         let dir = cli.files_dir.clone().unwrap_or_else(|| cli.data_dir.join("files"));
         let svc = chatmesh_file::service(&cli.file, db.clone().expect("db for file"), dir);
@@ -264,7 +335,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             db: db.clone().expect("db for user"),
             kv: kv.clone().expect("kv for user"),
             sessions: sessions.clone().expect("sessions for user"),
-            files: cli.channel(&cli.file_addr)?,
+            files: channel(&cli.file_addr)?,
             sms,
             index: index.clone().expect("index for user"),
         };
@@ -274,7 +345,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         let deps = chatmesh_friend::FriendDeps {
             db: db.clone().expect("db for friend"),
             index: index.clone().expect("index for friend"),
-            users: cli.channel(&cli.user_addr)?,
+            users: channel(&cli.user_addr)?,
         };
         grpc_routes.push((cli.friend_listen, grpc_server().add_service(chatmesh_friend::service(deps))));
     }
@@ -282,8 +353,8 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         let deps = chatmesh_transmit::TransmitDeps {
             db: db.clone().expect("db for transmit"),
             queue: queue.clone().expect("queue for transmit"),
-            users: cli.channel(&cli.user_addr)?,
-            files: cli.channel(&cli.file_addr)?,
+            users: channel(&cli.user_addr)?,
+            files: channel(&cli.file_addr)?,
         };
         let svc = chatmesh_transmit::service(&cli.transmit, deps);
         grpc_routes.push((cli.transmit_listen, grpc_server().add_service(svc)));
@@ -292,8 +363,8 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         let deps = chatmesh_message::MessageDeps {
             db: db.clone().expect("db for message"),
             index: index.clone().expect("index for message"),
-            users: cli.channel(&cli.user_addr)?,
-            files: cli.channel(&cli.file_addr)?,
+            users: channel(&cli.user_addr)?,
+            files: channel(&cli.file_addr)?,
         };
         grpc_routes.push((cli.message_listen, grpc_server().add_service(chatmesh_message::service(deps))));
         let storage = Arc::new(chatmesh_message::Storage {
@@ -315,23 +386,25 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         let listener = grpc::bind(addr).await?;
         tracing::info!(%addr, "gRPC service listening");
         let mut stop = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
             let stopped = async move { chatmesh_common::stopped(&mut stop).await };
-            grpc::serve(router, listener, stopped).await.map_err(anyhow::Error::from)
+            grpc::serve(router, listener, tls, stopped).await.map_err(anyhow::Error::from)
         });
     }
     if cli.runs(Target::Gateway) {
         let upstreams = chatmesh_gateway::Upstreams {
-            user: cli.channel(&cli.user_addr)?,
-            file: cli.channel(&cli.file_addr)?,
-            friend: cli.channel(&cli.friend_addr)?,
-            transmit: cli.channel(&cli.transmit_addr)?,
-            message: cli.channel(&cli.message_addr)?,
+            user: channel(&cli.user_addr)?,
+            file: channel(&cli.file_addr)?,
+            friend: channel(&cli.friend_addr)?,
+            transmit: channel(&cli.transmit_addr)?,
+            message: channel(&cli.message_addr)?,
             // Recognition may take as long as the speech service allows, plus the transfer.
             speech: grpc::channel(
                 &cli.speech_addr,
                 cli.rpc_timeout.max(cli.speech.speech_timeout + Duration::from_secs(5)),
                 cli.dns_refresh,
+                tls.as_ref(),
             )?,
         };
         let conns = chatmesh_gateway::push::Connections::default();
@@ -381,4 +454,37 @@ fn admin_router(backends: Arc<Backends>) -> axum::Router {
             }),
         )
         .route("/metrics", get(|| async { chatmesh_common::telemetry::metrics().render() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Standalone, only the gateway's public ports face the network: the internal services act
+    /// on the user id inside each request, so nothing but this host may reach them.
+    #[test]
+    fn only_the_gateway_listens_beyond_loopback_by_default() {
+        let cli = Cli::try_parse_from(["chatmesh"]).unwrap();
+        let internal = [
+            cli.speech_listen,
+            cli.file_listen,
+            cli.user_listen,
+            cli.transmit_listen,
+            cli.message_listen,
+            cli.friend_listen,
+            cli.admin_listen,
+        ];
+        for addr in internal {
+            assert!(addr.ip().is_loopback(), "{addr} is not loopback");
+        }
+        assert!(!cli.http_listen.ip().is_loopback() && !cli.ws_listen.ip().is_loopback());
+        assert!(cli.tls_cert.is_none() && !cli.gateway.public_metrics);
+    }
+
+    #[test]
+    fn tls_needs_all_three_files() {
+        assert!(Cli::try_parse_from(["chatmesh", "--tls-cert=a.crt"]).is_err());
+        assert!(Cli::try_parse_from(["chatmesh", "--tls-cert=a.crt", "--tls-key=a.key"]).is_err());
+        assert!(Cli::try_parse_from(["chatmesh", "--tls-cert=a.crt", "--tls-key=a.key", "--tls-ca=ca.crt"]).is_ok());
+    }
 }

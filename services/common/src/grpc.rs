@@ -10,6 +10,9 @@ use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::BackendError;
+use crate::mesh::authz::AuthorizeLayer;
+use crate::mesh::tls::MeshTls;
+use tower::layer::util::{Identity, Stack};
 
 /// Every client call goes through this: a load-balanced channel with a per-call deadline, so a
 /// missing backend is an error rather than a hang.
@@ -19,53 +22,115 @@ pub type GrpcChannel = tower::timeout::Timeout<Channel>;
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// A channel to `url` (`http://host:port`) balancing over every address `host` resolves to,
-/// re-resolved every `refresh` so scaling a Deployment is picked up without restarts.
-pub fn channel(url: &str, timeout: Duration, refresh: Duration) -> Result<GrpcChannel, BackendError> {
+/// re-resolved every `refresh` so scaling a Deployment is picked up without restarts. With
+/// `tls`, every connection is mutual TLS verifying that the server's certificate names `host`;
+/// when the certificates are reloaded, connections with the new ones join before the old ones
+/// leave, so no call waits for a connection.
+pub fn channel(
+    url: &str,
+    timeout: Duration,
+    refresh: Duration,
+    tls: Option<&MeshTls>,
+) -> Result<GrpcChannel, BackendError> {
     let bad = |why: &str| BackendError::Address(url.to_string(), why.to_string());
     let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad("not a URI"))?;
     let host = uri.host().ok_or_else(|| bad("no host"))?.trim_matches(['[', ']']).to_string();
     let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
-    let (channel, changes) = Channel::balance_channel::<SocketAddr>(16);
+    // Keyed by address and certificate generation, so a reload can add before it removes.
+    let (channel, changes) = Channel::balance_channel::<(SocketAddr, u64)>(16);
     let target = url.to_string();
+    let mut certs = tls.map(MeshTls::subscribe);
     tokio::spawn(async move {
-        let mut known = HashSet::new();
+        let mut known: HashSet<SocketAddr> = HashSet::new();
+        let mut generation = 0u64;
+        let mut reloaded = false;
         loop {
+            let endpoint = |addr: SocketAddr| -> Option<Endpoint> {
+                let base = match &certs {
+                    None => Endpoint::from_shared(format!("http://{addr}")),
+                    Some(_) => Endpoint::from_shared(format!("https://{addr}")),
+                }
+                .expect("socket address forms a valid URI")
+                .connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30));
+                let Some(certs) = &certs else { return Some(base) };
+                let config = certs.borrow().client.clone().domain_name(host.clone());
+                match base.tls_config(config) {
+                    Ok(ep) => Some(ep),
+                    Err(e) => {
+                        tracing::error!(%target, error = %e, "cannot use the TLS configuration");
+                        None
+                    }
+                }
+            };
             match tokio::net::lookup_host((host.as_str(), port)).await {
                 Ok(addrs) => {
                     let now: HashSet<SocketAddr> = addrs.collect();
-                    for gone in known.difference(&now) {
-                        if changes.send(Change::Remove(*gone)).await.is_err() {
+                    let (old, current) = (generation, generation + u64::from(reloaded));
+                    let added: Vec<SocketAddr> = if reloaded {
+                        now.iter().copied().collect()
+                    } else {
+                        now.difference(&known).copied().collect()
+                    };
+                    for addr in added {
+                        let Some(ep) = endpoint(addr) else { continue };
+                        if changes.send(Change::Insert((addr, current), ep)).await.is_err() {
                             return; // channel dropped
                         }
                     }
-                    for new in now.difference(&known) {
-                        let ep = Endpoint::from_shared(format!("http://{new}"))
-                            .expect("socket address forms a valid URI")
-                            .connect_timeout(Duration::from_secs(3))
-                            .tcp_nodelay(true)
-                            .http2_keep_alive_interval(Duration::from_secs(30));
-                        if changes.send(Change::Insert(*new, ep)).await.is_err() {
+                    let removed: Vec<SocketAddr> = if reloaded {
+                        known.iter().copied().collect()
+                    } else {
+                        known.difference(&now).copied().collect()
+                    };
+                    for addr in removed {
+                        if changes.send(Change::Remove((addr, old))).await.is_err() {
                             return;
                         }
                     }
                     known = now;
+                    generation = current;
+                    reloaded = false;
                 }
                 Err(e) => tracing::warn!(%target, error = %e, "cannot resolve service address; retrying"),
             }
-            tokio::time::sleep(refresh).await;
+            match &mut certs {
+                Some(certs) => tokio::select! {
+                    () = tokio::time::sleep(refresh) => {}
+                    changed = certs.changed() => reloaded = changed.is_ok(),
+                },
+                None => tokio::time::sleep(refresh).await,
+            }
         }
     });
     Ok(tower::timeout::Timeout::new(channel, timeout))
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// A gRPC server whose every request passes the authorization table (when `enforce`: the mesh is on).
+pub fn server(enforce: bool) -> tonic::transport::Server<Stack<AuthorizeLayer, Identity>> {
+    tonic::transport::Server::builder().tcp_nodelay(true).layer(AuthorizeLayer { enforce })
+}
+
+/// The routes of a [`server`].
+pub type MeshRouter = tonic::transport::server::Router<Stack<AuthorizeLayer, Identity>>;
+
+/// Serves `router` on `listener` until `shutdown` resolves: plaintext, or with `tls` mutual TLS
+/// where only clients with a certificate of the mesh's CA get in (and the router's
+/// [`AuthorizeLayer`](crate::mesh::authz::AuthorizeLayer) checks what each may call).
 pub async fn serve(
-    router: tonic::transport::server::Router,
+    router: MeshRouter,
     listener: TcpListener,
+    tls: Option<MeshTls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    router.serve_with_incoming_shutdown(incoming, shutdown).await
+    match tls {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        Some(tls) => router.serve_with_incoming_shutdown(crate::mesh::tls::incoming(listener, tls), shutdown).await,
+    }
 }
 
 /// Binds a TCP listener, with the address in the error.

@@ -4,6 +4,7 @@
 pub mod db;
 pub mod grpc;
 pub mod kv;
+pub mod mesh;
 pub mod messages;
 pub mod queue;
 pub mod search;

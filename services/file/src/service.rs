@@ -43,6 +43,7 @@ impl FileService for Files {
     }
 
     async fn put_single_file(&self, req: Request<PutSingleFileReq>) -> Rpc<PutSingleFileRsp> {
+        grant_access(&req)?;
         let req = req.into_inner();
         let result = async {
             let data = req.file_data.as_ref().ok_or(FileError::NoData)?;
@@ -53,6 +54,7 @@ impl FileService for Files {
     }
 
     async fn put_multi_file(&self, req: Request<PutMultiFileReq>) -> Rpc<PutMultiFileRsp> {
+        grant_access(&req)?;
         let req = req.into_inner();
         let result = async {
             if req.file_data.is_empty() {
@@ -65,6 +67,36 @@ impl FileService for Files {
             Ok(PutMultiFileRsp { file_info, ..Default::default() })
         };
         reply(req.request_id.clone(), result.await)
+    }
+}
+
+/// Files readable beyond their owner are stored only for the services whose work that is: chat
+/// attachments for transmit, public avatars for the user service (the gateway clears the field).
+fn grant_access<T: HasAccess>(req: &Request<T>) -> Result<(), tonic::Status> {
+    use chatmesh_common::mesh::{authz, peer};
+    let Some(access) = req.get_ref().access() else { return Ok(()) };
+    if access.chat_session_id.is_some() {
+        authz::may_grant(peer(req), authz::Grant::ChatAttachment)?;
+    }
+    if access.public_read {
+        authz::may_grant(peer(req), authz::Grant::PublicFile)?;
+    }
+    Ok(())
+}
+
+trait HasAccess {
+    fn access(&self) -> Option<&FileAccess>;
+}
+
+impl HasAccess for PutSingleFileReq {
+    fn access(&self) -> Option<&FileAccess> {
+        self.access.as_ref()
+    }
+}
+
+impl HasAccess for PutMultiFileReq {
+    fn access(&self) -> Option<&FileAccess> {
+        self.access.as_ref()
     }
 }
 

@@ -32,6 +32,9 @@ pub struct GatewayArgs {
     /// How long a new WebSocket may take to send its `ClientAuthenticationReq`.
     #[arg(long, env = "CHATMESH_WS_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ws_auth_timeout: Duration,
+    /// Also serve `/readyz` and `/metrics` on the public HTTP port (they are always on the admin port).
+    #[arg(long, env = "CHATMESH_PUBLIC_METRICS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub public_metrics: bool,
 }
 
 /// Channels to the services behind the gateway.

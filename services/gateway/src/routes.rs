@@ -37,11 +37,14 @@ macro_rules! service_routes {
 pub type Hook<Req, Rsp> = fn(Gateway, Req, Rsp) -> futures_util::future::BoxFuture<'static, ()>;
 
 pub fn router(gw: Gateway) -> Router {
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(|| async { chatmesh_common::telemetry::metrics().render() }))
-        .route("/ws", get(crate::websocket::upgrade));
+    let mut router =
+        Router::new().route("/healthz", get(|| async { "ok" })).route("/ws", get(crate::websocket::upgrade));
+    // Operational detail stays off the public port unless asked for (the admin port has it).
+    if gw.args.public_metrics {
+        router = router
+            .route("/readyz", get(ready))
+            .route("/metrics", get(|| async { chatmesh_common::telemetry::metrics().render() }));
+    }
     let router = service_routes!(router,
         "/service/user/get_phone_verify_code" => user.get_phone_verify_code,
         "/service/user/username_register" => user.user_register,
