@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube speech)"
+eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube speech browser)"
 export CHATMESH_REQUIRE_REAL_BACKENDS=1
 
 # Each test makes its own database and indices (chatmesh_t_*); drop those of earlier runs.
@@ -18,4 +18,8 @@ ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev
 
 cargo fmt --all --check
 cargo test --workspace --locked "$@"
+# The web client in a real Chromium against the debug binary (`--target all`, embedded backends).
+cargo build -p chatmesh --locked
+CHATMESH_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/chatmesh"
+(cd web && npm run build && CHATMESH_BIN="$CHATMESH_BIN" npm test)
 CHATMESH_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/debug/chatmesh-operator" bash e2e/chart-check.sh

@@ -13,7 +13,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mapfile -t names < <(printf '%s\n' "$@" | awk '!seen[$0]++')
 for name in "${names[@]}"; do
   [[ -f "$HERE/$name.sh" && "$name" != lib && "$name" != up ]] ||
-    die "unknown server '$name' (known: mariadb redis rabbitmq elasticsearch kube speech)"
+    die "unknown server '$name' (known: mariadb redis rabbitmq elasticsearch kube speech browser)"
 done
 
 OUT="$(mktemp -d)"

@@ -101,6 +101,12 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
   const [notice, setNotice] = useState("");
   const [error, setError] = useState("");
   const notifier = useRef<Notifier>();
+  // Notices fade after a while; errors stay until the next action.
+  useEffect(() => {
+    if (!notice) return;
+    const t = setTimeout(() => setNotice(""), 8000);
+    return () => clearTimeout(t);
+  }, [notice]);
   // Handlers registered once read the latest state through this ref.
   const st = useRef({ me, chats, msgs, locals, open, panel });
   st.current = { me, chats, msgs, locals, open, panel };

@@ -203,7 +203,7 @@ function FileBody({ api, m }: { api: Api; m: MessageInfo }) {
   }
   return (
     <div class="file">
-      <span aria-hidden="true">📎</span> <span class="file-name">{name}</span> <span class="muted">({bytesText(num(f?.fileSize) || f?.fileContents?.length || 0)})</span>{" "}
+      <span class="file-name">{name}</span> <span class="muted">({bytesText(num(f?.fileSize) || f?.fileContents?.length || 0)})</span>{" "}
       <button class="secondary" onClick={() => void save()} aria-label={`Download ${name}`}>
         Download
       </button>

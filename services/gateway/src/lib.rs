@@ -35,6 +35,10 @@ pub struct GatewayArgs {
     /// Also serve `/readyz` and `/metrics` on the public HTTP port (they are always on the admin port).
     #[arg(long, env = "CHATMESH_PUBLIC_METRICS", default_value_t = false, action = clap::ArgAction::Set)]
     pub public_metrics: bool,
+    /// A directory served at `/` on the HTTP port (the built web client, `web/dist`); API
+    /// routes and `/ws` take precedence. Unset: nothing is served there.
+    #[arg(long, env = "CHATMESH_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 /// Channels to the services behind the gateway.

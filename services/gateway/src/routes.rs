@@ -83,6 +83,11 @@ pub fn router(gw: Gateway) -> Router {
             handle(&gw, "/service/message_transmit/new_message", &headers, body, call, None).await
         }),
     );
+    // Static files only where no route matched, so they can never shadow the API or `/ws`.
+    let router = match &gw.args.web_dir {
+        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => router,
+    };
     // Bodies are limited in `handle`, per route, so an oversized one still gets the seed's reply.
     router.layer(axum::extract::DefaultBodyLimit::disable()).with_state(gw)
 }
