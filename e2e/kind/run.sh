@@ -2,9 +2,10 @@
 # The end-to-end run on a real Kubernetes: a kind cluster, the two images built from source
 # and loaded into it, the operator installed with Helm from charts/, the example ChatSystem
 # (e2e/examples/chatsystem.yaml) applied with the local image and a NodePort gateway, then the
-# end-to-end suite against the gateway at 127.0.0.1:9000/9001, and the day-2 operations, each
-# followed by a short scenario: scale the gateway to 2 (and push across the two pods), change
-# a configuration value, upgrade the image; finally delete the ChatSystem and check that the
+# end-to-end suite against the gateway at 127.0.0.1:9000/9001, the web client it serves (loaded
+# and logged in from a headless Chromium on the host), and the day-2 operations, each followed
+# by a short scenario: scale the gateway to 2 (and push across the two pods), change a
+# configuration value, upgrade the image; finally delete the ChatSystem and check that the
 # garbage collector removed every child. See e2e/kind/README.md.
 #
 #   e2e/kind/run.sh             # everything, then delete the cluster
@@ -103,6 +104,8 @@ check "go (builds kind $KIND_VERSION and helm $HELM_VERSION, unless cached)" \
   bash -c "command -v go || [[ -x '$TOOLS_BIN/kind-$KIND_VERSION' && -x '$TOOLS_BIN/helm-$HELM_VERSION' ]]"
 check "cargo (runs the end-to-end suite)" command -v cargo
 check "curl" command -v curl
+check "apt-get, or chromium and node (the web client step: e2e/infra/browser.sh)" \
+  bash -c "command -v apt-get || { command -v chromium && command -v node; }"
 check "kind-config.yaml maps 30900->$HTTP_PORT and 30901->$WS_PORT" \
   bash -c "grep -q 'containerPort: 30900' kind-config.yaml && grep -q 'hostPort: $HTTP_PORT' kind-config.yaml &&
     grep -q 'containerPort: 30901' kind-config.yaml && grep -q 'hostPort: $WS_PORT' kind-config.yaml"
@@ -292,6 +295,16 @@ else
   curl -sf "http://127.0.0.1:$HTTP_PORT/service/user/username_register" -H 'content-type: application/json' \
     -d "{\"request_id\":\"kind\",\"nickname\":\"$KEEPER\",\"password\":\"keeper_pass1\"}" | grep -q '"success":true' ||
     fail "could not register $KEEPER"
+fi
+
+step "the web client served by the in-cluster gateway loads and logs in (headless Chromium on the host)"
+# The image carries the built client (CHATMESH_WEB_DIR); e2e/infra/browser.sh installs Chromium,
+# Node and web/'s packages on the host.
+run bash e2e/infra/browser.sh >&2
+if ((DRY_RUN)); then
+  printf '  $ %s\n' "node web/tests/smoke.mjs http://127.0.0.1:$HTTP_PORT"
+else
+  node web/tests/smoke.mjs "http://127.0.0.1:$HTTP_PORT" >&2 || fail "the web client did not load or log in"
 fi
 
 step "scale the gateway to 2; pushes cross between the two pods"
