@@ -349,6 +349,11 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
     }
   }
 
+  const totalUnread = Object.values(unread).reduce((a, b) => a + b, 0);
+  useEffect(() => {
+    document.title = totalUnread > 0 ? `(${totalUnread}) chatmesh` : "chatmesh";
+  }, [totalUnread]);
+
   const current = chats.find((c) => c.chatSessionId === open) ?? null;
   const showMain = panel !== "chats" || !!current;
   const nav = (p: Panel) => {
@@ -405,7 +410,7 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
           {chats.map((c) => (
             <li key={c.chatSessionId}>
               <button
-                class={`chat-item ${c.chatSessionId === open ? "selected" : ""}`}
+                class={`chat-item ${c.chatSessionId === open && panel === "chats" ? "selected" : ""}`}
                 onClick={() => void openChat(c.chatSessionId)}
                 aria-current={c.chatSessionId === open ? "true" : undefined}
               >

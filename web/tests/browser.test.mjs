@@ -111,8 +111,11 @@ describe("web client in Chromium", () => {
     await page.getByLabel("Password", { exact: true }).fill("Wrong_pass1");
     await page.getByRole("button", { name: "Log in", exact: true }).click();
     await assert.doesNotReject(page.getByRole("alert").filter({ hasText: expected }).waitFor(WAIT));
-    await page.getByLabel("Password", { exact: true }).fill(PASSWORD);
-    await page.getByRole("button", { name: "Log in", exact: true }).click();
+    // Keyboard only: Enter in the password field submits the form.
+    await page.getByLabel("Password", { exact: true }).focus();
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type(PASSWORD);
+    await page.keyboard.press("Enter");
     await page.getByRole("status").filter({ hasText: "connected" }).waitFor(WAIT);
   });
 
@@ -321,9 +324,17 @@ describe("web client in Chromium", () => {
     await carol.getByLabel("Choose an avatar image").setInputFiles({ name: "me.png", mimeType: "image/png", buffer: PNG });
     await carol.getByText("Avatar changed").waitFor(WAIT);
     await carol.locator(".profile-avatar img.avatar").waitFor(WAIT);
+    const phone = `139${String(Date.now()).slice(-8)}`;
+    await carol.getByLabel("Phone number", { exact: true }).fill(phone);
+    await carol.getByRole("button", { name: "Send code" }).click();
+    await carol.getByText("Code sent.").waitFor(WAIT);
+    await carol.getByLabel("Code", { exact: true }).fill(await server.smsCode(phone));
+    await carol.getByRole("button", { name: "Save phone" }).click();
+    await carol.getByText("Phone saved").waitFor(WAIT);
     const me = await server.call("user/get_user_info", { session_id: await session(carol) });
     assert.equal(me.user_info.nickname, names.carol2);
     assert.equal(me.user_info.description, "writes tests");
+    assert.equal(me.user_info.phone, phone);
     // A nickname someone else has: the server refuses, in its words.
     const refused = await server.call("user/set_nickname", { session_id: await session(carol), nickname: names.bob });
     const expected = refused.errmsg || refused.errormsg;
