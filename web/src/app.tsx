@@ -4,7 +4,6 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import {
   Api,
   errorText,
-  MessageType,
   NotifyType,
   num,
   pb,
@@ -19,7 +18,9 @@ import { Notifier, type LinkState } from "./notify";
 import { ChatView } from "./chat";
 import { Contacts, NewGroup } from "./contacts";
 import { Profile } from "./profile";
-import { Avatar, time } from "./util";
+import { ChatList } from "./chatlist";
+import { sig, sortMessages } from "./messages";
+import { Avatar } from "./util";
 
 const SESSION_KEY = "chatmesh.session";
 
@@ -59,31 +60,6 @@ export interface Local {
 export type Panel = "chats" | "contacts" | "profile" | "group";
 
 const PAGE = 30;
-
-function sig(m: MessageInfo): string {
-  const c = m.message;
-  return `${c?.messageType ?? 0}:${c?.stringMessage?.content ?? c?.fileMessage?.fileName ?? ""}`;
-}
-
-function sortMessages(list: MessageInfo[]): MessageInfo[] {
-  return list.sort((a, b) => num(a.timestamp) - num(b.timestamp) || (a.messageId < b.messageId ? -1 : 1));
-}
-
-export function preview(m?: pb.MessageInfo.$Properties | null): string {
-  const c = m?.message;
-  if (!c) return "";
-  switch (c.messageType) {
-    case MessageType.STRING:
-      return c.stringMessage?.content ?? "";
-    case MessageType.IMAGE:
-      return "[image]";
-    case MessageType.FILE:
-      return `[file] ${c.fileMessage?.fileName ?? ""}`;
-    case MessageType.SPEECH:
-      return "[voice]";
-  }
-  return "";
-}
 
 function Main({ session, onLogout }: { session: string; onLogout(reason?: string): void }) {
   const api = useMemo(() => new Api(session), [session]);
@@ -306,9 +282,10 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
     merge(chat, page);
   }
 
-  /** Fetches the newest messages until the local copies are confirmed by the store. */
+  /** Fetches the newest messages: in the sending tab until the store has confirmed its local
+   * copies; in a sibling tab a few times (it cannot tell when the store has the message). */
   async function reconcile(chat: string, mine: boolean) {
-    for (const wait of mine ? [200, 600, 1500, 3000, 6000] : [200, 1000]) {
+    for (const wait of mine ? [200, 600, 1500, 3000, 6000] : [300, 1000, 3000]) {
       await new Promise((r) => setTimeout(r, wait));
       try {
         const list = await api.recent(chat, 20);
@@ -320,7 +297,7 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
       }
       await new Promise((r) => setTimeout(r, 0));
       const left = (st.current.msgs[chat] ?? []).some((m) => st.current.locals[m.messageId]?.state === "sent");
-      if (!left) return;
+      if (mine && !left) return;
     }
   }
 
@@ -406,33 +383,7 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
       <aside class="sidebar" aria-label="Chats">
         <h2 class="sr-only">Chats</h2>
         {chats.length === 0 && <p class="empty">No chats yet: add a friend in Contacts, or create a group.</p>}
-        <ul class="chat-list">
-          {chats.map((c) => (
-            <li key={c.chatSessionId}>
-              <button
-                class={`chat-item ${c.chatSessionId === open && panel === "chats" ? "selected" : ""}`}
-                onClick={() => void openChat(c.chatSessionId)}
-                aria-current={c.chatSessionId === open ? "true" : undefined}
-              >
-                <Avatar name={c.chatSessionName} bytes={c.avatar} />
-                <span class="chat-text">
-                  <span class="chat-name">{c.chatSessionName || "(unnamed)"}</span>
-                  <span class="chat-last">
-                    {c.prevMessage ? `${c.prevMessage.sender?.nickname ?? ""}: ${preview(c.prevMessage as MessageInfo)}` : "no messages yet"}
-                  </span>
-                </span>
-                <span class="chat-meta">
-                  {c.prevMessage && <span class="chat-time">{time(c.prevMessage.timestamp)}</span>}
-                  {(unread[c.chatSessionId] ?? 0) > 0 && (
-                    <span class="badge" data-testid="unread" aria-label={`${unread[c.chatSessionId]} unread`}>
-                      {unread[c.chatSessionId]}
-                    </span>
-                  )}
-                </span>
-              </button>
-            </li>
-          ))}
-        </ul>
+        <ChatList chats={chats} unread={unread} selected={panel === "chats" ? open : null} onOpen={(id) => void openChat(id)} />
       </aside>
       <main class="main">
         {panel === "chats" && current && me && (

@@ -374,7 +374,7 @@ describe("web client in Chromium", () => {
   });
 
   step("an expired session shows the server's message", async () => {
-    const short = await startServer(["--session-ttl=2s"]);
+    const short = await startServer(["--session-ttl=3s"]);
     try {
       const context = await browser.newContext();
       const page = await context.newPage();
@@ -382,7 +382,7 @@ describe("web client in Chromium", () => {
       await page.goto(`${short.base}/`);
       await register(page, `dave_${uniq}`);
       await page.close();
-      await sleep(3000);
+      await sleep(4000); // unused for longer than the TTL
       const again = await context.newPage();
       pages.expiry = again;
       await again.goto(`${short.base}/`);

@@ -18,15 +18,22 @@ export function binary() {
   return bin;
 }
 
+// Ports from below the kernel's ephemeral range (32768+), where port-0 binds and outgoing
+// connections land and could take a port between our probe and chatmesh's bind; counting up
+// from a start that differs per process, as the Rust suite does (e2e/tests/support).
+let nextPort = 20000 + (process.pid % 200) * 50;
+
 async function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
+  for (;;) {
+    const port = nextPort++;
+    if (port >= 32000) throw new Error("ran out of test ports");
+    const free = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
 }
 
 export async function startServer(extra = []) {
