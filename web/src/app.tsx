@@ -74,15 +74,19 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
   const [friends, setFriends] = useState<UserInfo[]>([]);
   const [pending, setPending] = useState<FriendEvent[]>([]);
   const [link, setLink] = useState<LinkState>("connecting");
-  const [notice, setNotice] = useState("");
+  const [notices, setNotices] = useState<{ id: number; text: string }[]>([]);
   const [error, setError] = useState("");
   const notifier = useRef<Notifier>();
-  // Notices fade after a while; errors stay until the next action.
-  useEffect(() => {
-    if (!notice) return;
-    const t = setTimeout(() => setNotice(""), 8000);
-    return () => clearTimeout(t);
-  }, [notice]);
+  /** Chats whose newest page has been fetched (pushes alone do not count). */
+  const loaded = useRef(new Set<string>());
+  // Notices (the last three) fade after a while; errors stay until the next action.
+  const noticeId = useRef(0);
+  function setNotice(text: string) {
+    const id = ++noticeId.current;
+    setNotices((ns) => [...ns.slice(-2), { id, text }]);
+    setTimeout(() => dismiss(id), 8000);
+  }
+  const dismiss = (id: number) => setNotices((ns) => ns.filter((n) => n.id !== id));
   // Handlers registered once read the latest state through this ref.
   const st = useRef({ me, chats, msgs, locals, open, panel });
   st.current = { me, chats, msgs, locals, open, panel };
@@ -222,7 +226,7 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
         if (!m) return;
         const chat = m.chatSessionId;
         if (!st.current.chats.some((c) => c.chatSessionId === chat)) void loadChats();
-        if (st.current.msgs[chat]) merge(chat, [m]);
+        merge(chat, [m]);
         touchChat(m);
         if (chat === st.current.open && st.current.panel === "chats" && !document.hidden) markRead(chat, num(m.timestamp));
         else setUnread((u) => ({ ...u, [chat]: (u[chat] ?? 0) + 1 }));
@@ -255,18 +259,20 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
   async function openChat(chat: string) {
     setOpen(chat);
     setPanel("chats");
-    if (!st.current.msgs[chat]) {
-      await guard(async () => {
+    await guard(async () => {
+      let newest = st.current.msgs[chat]?.at(-1);
+      markRead(chat, newest ? num(newest.timestamp) : 0);
+      // Merged, not replaced: a push may have arrived while the page was on its way.
+      if (!loaded.current.has(chat)) {
         const list = await api.recent(chat, PAGE);
+        loaded.current.add(chat);
         setMore((m) => ({ ...m, [chat]: list.length === PAGE }));
-        setMsgs((all) => ({ ...all, [chat]: sortMessages(list) }));
+        merge(chat, list);
         const last = list.at(-1);
-        markRead(chat, last ? num(last.timestamp) : 0);
-      });
-    } else {
-      const last = st.current.msgs[chat].at(-1);
-      markRead(chat, last ? num(last.timestamp) : 0);
-    }
+        if (last && (!newest || num(last.timestamp) > num(newest.timestamp))) newest = last;
+      }
+      markRead(chat, newest ? num(newest.timestamp) : 0);
+    });
   }
 
   /** Scroll-back: the page before the oldest message held. Timestamps are seconds, so the
@@ -289,7 +295,7 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
       await new Promise((r) => setTimeout(r, wait));
       try {
         const list = await api.recent(chat, 20);
-        if (st.current.msgs[chat]) merge(chat, list);
+        merge(chat, list);
         const last = list.at(-1);
         if (last) touchChat(last);
       } catch {
@@ -363,21 +369,21 @@ function Main({ session, onLogout }: { session: string; onLogout(reason?: string
           </button>
         </nav>
       </header>
-      {(notice || error) && (
+      {(notices.length > 0 || error) && (
         <div class="banner">
           {error && (
             <p class="error" role="alert">
               {error}
             </p>
           )}
-          {notice && (
-            <p class="info" role="status">
-              {notice}{" "}
-              <button class="link-button" onClick={() => setNotice("")} aria-label="Dismiss">
+          {notices.map((n) => (
+            <p class="info" role="status" key={n.id}>
+              {n.text}{" "}
+              <button class="link-button" onClick={() => dismiss(n.id)} aria-label="Dismiss">
                 ×
               </button>
             </p>
-          )}
+          ))}
         </div>
       )}
       <aside class="sidebar" aria-label="Chats">

@@ -23,8 +23,16 @@ export class Notifier {
   private everOpen = false;
 
   constructor(private session: string, private h: NotifyHandlers) {
+    window.addEventListener("online", this.retryNow);
     this.connect();
   }
+
+  /** The browser says the network is back: no need to wait out the backoff. */
+  private retryNow = () => {
+    if (this.stopped || this.ws?.readyState === WebSocket.OPEN || this.ws?.readyState === WebSocket.CONNECTING) return;
+    window.clearTimeout(this.timer);
+    this.connect();
+  };
 
   private connect() {
     if (this.stopped) return;
@@ -63,13 +71,9 @@ export class Notifier {
     };
   }
 
-  /** For tests and the "reconnect now" button: drop the socket as a network failure would. */
-  drop() {
-    this.ws?.close();
-  }
-
   stop() {
     this.stopped = true;
+    window.removeEventListener("online", this.retryNow);
     window.clearTimeout(this.timer);
     this.ws?.close();
   }

@@ -152,7 +152,7 @@ describe("web client in Chromium", () => {
     await item.getByText("hello bob").waitFor(WAIT);
     await openChat(bob, names.alice);
     await messages(bob).getByText("hello bob").waitFor(WAIT);
-    assert.equal(await item.getByTestId("unread").count(), 0);
+    await item.getByTestId("unread").waitFor({ state: "detached", ...WAIT });
     await send(bob, "hi alice, from a phone");
     await messages(alice).getByText("hi alice, from a phone").waitFor(WAIT);
   });
