@@ -14,6 +14,8 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const ARTIFACTS = path.join(webDir, "test-artifacts");
 const PASSWORD = "pass_word-1";
 const WAIT = { timeout: 15000 };
+const MAX_BODY = 1024 * 1024;
+const MAX_AVATAR = 64 * 1024;
 const uniq = Math.random().toString(36).slice(2, 8);
 const names = { alice: `alice_${uniq}`, bob: `bob_${uniq}`, carol: `carol_${uniq}` };
 // A 1x1 PNG.
@@ -83,7 +85,8 @@ async function send(page, text) {
 
 describe("web client in Chromium", () => {
   before(async () => {
-    server = await startServer();
+    // Small limits, so the tests can hit them: the server's refusals must reach the user.
+    server = await startServer([`--max-body-bytes=${MAX_BODY}`, `--max-avatar-bytes=${MAX_AVATAR}`]);
     proxy = await startProxy(Number(new URL(server.base).port));
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -167,6 +170,11 @@ describe("web client in Chromium", () => {
     const [download] = await Promise.all([bob.waitForEvent("download", WAIT), bob.getByRole("button", { name: "Download notes.txt" }).click()]);
     assert.equal(download.suggestedFilename(), "notes.txt");
     assert.equal(readFileSync(await download.path(), "utf8"), content);
+    // Too big for this server: the sender sees the gateway's words; nothing reaches bob.
+    await alice.getByLabel("Send a file").setInputFiles({ name: "big.bin", mimeType: "application/octet-stream", buffer: Buffer.alloc(MAX_BODY + 1) });
+    await messages(alice).getByText(`not sent: request body is larger than ${MAX_BODY} bytes`).waitFor(WAIT);
+    await sleep(500);
+    assert.equal(await messages(bob).getByText("big.bin").count(), 0);
   });
 
   step("a recorded voice message plays and can be transcribed", async () => {
@@ -323,6 +331,8 @@ describe("web client in Chromium", () => {
     await carol.getByText("Nickname saved").waitFor(WAIT);
     await carol.getByLabel("Choose an avatar image").setInputFiles({ name: "me.png", mimeType: "image/png", buffer: PNG });
     await carol.getByText("Avatar changed").waitFor(WAIT);
+    await carol.getByLabel("Choose an avatar image").setInputFiles({ name: "huge.png", mimeType: "image/png", buffer: Buffer.concat([PNG, Buffer.alloc(MAX_AVATAR)]) });
+    await carol.getByRole("alert").filter({ hasText: `avatar is larger than ${MAX_AVATAR} bytes` }).waitFor(WAIT);
     await carol.locator(".profile-avatar img.avatar").waitFor(WAIT);
     const phone = `139${String(Date.now()).slice(-8)}`;
     await carol.getByLabel("Phone number", { exact: true }).fill(phone);
