@@ -56,6 +56,15 @@ async fn web_dir_serves_the_client_and_leaves_the_api_alone() {
     s.stop().await;
 }
 
+#[test]
+fn a_web_dir_without_index_html_is_refused_at_start_up() {
+    use clap::Parser;
+    let empty = tempfile::tempdir().unwrap();
+    let flag = format!("--web-dir={}", empty.path().display());
+    let err = chatmesh::Cli::try_parse_from(["chatmesh", "--target=gateway", flag.as_str()]).unwrap_err();
+    assert!(err.to_string().contains("no index.html in"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_web_dir_nothing_is_served_at_the_root() {
     let s = Stack::start(Backend::Standalone).await.unwrap();

@@ -37,8 +37,19 @@ pub struct GatewayArgs {
     pub public_metrics: bool,
     /// A directory served at `/` on the HTTP port (the built web client, `web/dist`); API
     /// routes and `/ws` take precedence. Unset: nothing is served there.
-    #[arg(long, env = "CHATMESH_WEB_DIR")]
+    #[arg(long, env = "CHATMESH_WEB_DIR", value_parser = web_dir)]
     pub web_dir: Option<std::path::PathBuf>,
+}
+
+/// A web directory must hold the client's `index.html`: a wrong path fails at start-up
+/// rather than serving 404s.
+fn web_dir(path: &str) -> Result<std::path::PathBuf, String> {
+    let dir = std::path::PathBuf::from(path);
+    if dir.join("index.html").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!("no index.html in {path} (build the client: npm ci && npm run build in web/)"))
+    }
 }
 
 /// Channels to the services behind the gateway.
