@@ -313,7 +313,7 @@ function Composer({ onSend }: { onSend(c: pb.MessageContent.$Properties): Promis
         <textarea
           ref={input}
           rows={1}
-          placeholder="Message (Enter sends, Shift+Enter: new line)"
+          placeholder="Message" title="Enter sends; Shift+Enter starts a new line"
           value={text}
           onInput={(e) => setText(e.currentTarget.value)}
           onKeyDown={(e) => {
