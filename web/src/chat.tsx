@@ -256,6 +256,10 @@ function Composer({ onSend }: { onSend(c: pb.MessageContent.$Properties): Promis
   const [error, setError] = useState("");
   const [rec, setRec] = useState<Recorder | null>(null);
   const input = useRef<HTMLTextAreaElement>(null);
+  // Leaving the chat mid-recording turns the microphone off.
+  const recording = useRef<Recorder | null>(null);
+  recording.current = rec;
+  useEffect(() => () => recording.current?.cancel(), []);
 
   async function go(c: pb.MessageContent.$Properties) {
     setError("");
