@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,12 @@ pub struct ChatSystemSpec {
     /// Volume holding uploaded files (mounted by the file service).
     #[serde(default)]
     pub files: FilesSpec,
+    /// Mutual TLS between the services: who issues each service's certificate.
+    #[serde(default)]
+    pub internal_tls: InternalTlsSpec,
+    /// The NetworkPolicies that limit who reaches each port.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -142,6 +149,10 @@ pub struct ServicesSpec {
 /// Workload settings of one service.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.podLabels) || ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/managed-by', 'app.kubernetes.io/part-of'].all(k, !(k in self.podLabels))")
+    .message("podLabels cannot set the operator's app.kubernetes.io/{name,instance,component,managed-by,part-of} labels"))]
+#[x_kube(validation = Rule::new("!has(self.podAnnotations) || !('chatmesh.io/config-hash' in self.podAnnotations)")
+    .message("podAnnotations cannot set chatmesh.io/config-hash (the operator's)"))]
 pub struct ComponentSpec {
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 100))]
@@ -165,6 +176,13 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "terse::<Vec<EnvVar>>")]
     pub env: Vec<EnvVar>,
+    /// Extra annotations of the pods, e.g. `linkerd.io/inject: enabled` to add a mesh's proxy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Extra labels of the pods, e.g. `sidecar.istio.io/inject: "true"`. The operator's own
+    /// `app.kubernetes.io/*` labels select the pods and cannot be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
 }
 
 impl Default for ComponentSpec {
@@ -176,6 +194,8 @@ impl Default for ComponentSpec {
             tolerations: vec![],
             affinity: None,
             env: vec![],
+            pod_annotations: BTreeMap::new(),
+            pod_labels: BTreeMap::new(),
         }
     }
 }
@@ -452,6 +472,120 @@ impl AccessMode {
             Self::ReadWriteMany => "ReadWriteMany",
         }
     }
+}
+
+/// Mutual TLS on every internal gRPC connection. Each service presents a certificate whose URI
+/// SAN is `spiffe://chatmesh.io/service/<service>` and whose DNS SANs are its headless
+/// Service's names; servers accept only peers whose certificate chains to a CA in `ca.crt`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode == 'secret' ? has(self.secret) : !has(self.secret)")
+    .message("secret is required with mode secret and allowed only then"))]
+#[x_kube(validation = Rule::new("self.mode == 'operator' || !has(self.certificateLifetime)")
+    .message("certificateLifetime applies only to mode operator"))]
+pub struct InternalTlsSpec {
+    /// `operator` (default): a CA per ChatSystem and a certificate per service, made and renewed
+    /// by the operator. `secret`: certificates you provide. `disabled`: plaintext; only for a
+    /// service mesh that provides mutual TLS between the pods itself.
+    #[serde(default)]
+    pub mode: InternalTlsMode,
+    /// Mode operator: validity of each service certificate, renewed when a third of it is left:
+    /// a number and a unit s, m, h or d, 1h to 3650d [default: 90d].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,7}(s|m|h|d)$"))]
+    pub certificate_lifetime: Option<String>,
+    /// Mode secret: where the certificates are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<InternalTlsSecrets>,
+}
+
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InternalTlsMode {
+    #[default]
+    Operator,
+    Secret,
+    Disabled,
+}
+
+impl InternalTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Secret => "secret",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// Certificates you provide (PEM), in exactly one of two shapes. `name`: one Secret with
+/// `ca.crt` (one or more CA certificates) and, per service, `<service>.crt` and `<service>.key`
+/// (e.g. `gateway.crt`, `gateway.key`). `services`: one Secret per service with `ca.crt`,
+/// `tls.crt` and `tls.key` (a kubernetes.io/tls Secret plus `ca.crt`, as cert-manager writes).
+/// The files are re-read when a Secret changes: renewing them needs no restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.services)").message("set exactly one of name or services"))]
+pub struct InternalTlsSecrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceSecrets>,
+}
+
+/// The Secret of each service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSecrets {
+    #[schemars(length(min = 1, max = 253))]
+    pub gateway: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub user: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub friend: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub file: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub message: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub transmit: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub speech: String,
+}
+
+/// NetworkPolicies (enforced only where the cluster's network plugin supports them):
+/// ingress to every pod of the ChatSystem is denied except the gateway's public ports, each
+/// service's gRPC port from the services that call it, each managed server's port from the
+/// services that use it (and the migration Job), and the admin port (9100: `/metrics`) from
+/// `metricsFrom`. Egress is not limited: the services need DNS and reach external
+/// dependencies (SMS, speech APIs, external servers) whose addresses the operator cannot know.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Who may reach the gateway's HTTP and WebSocket ports (core/v1 NetworkPolicyPeer, e.g.
+    /// the ingress controller's namespace); empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "terse::<Vec<NetworkPolicyPeer>>")]
+    pub gateway_from: Vec<NetworkPolicyPeer>,
+    /// Namespaces (a label selector) from which the admin port 9100 (`/metrics`) of every
+    /// service is reachable, for Prometheus [default: the namespace named `monitoring`,
+    /// `{matchLabels: {kubernetes.io/metadata.name: monitoring}}`]; `{}`: every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<LabelSelector>>")]
+    pub metrics_from: Option<LabelSelector>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true, gateway_from: vec![], metrics_from: None }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Observed state, written by the operator only.

@@ -9,6 +9,7 @@ pub mod crd;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 /// Why a reconcile pass failed.
@@ -38,6 +39,8 @@ pub enum Error {
     },
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
+    #[error("internal TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl Error {
@@ -49,6 +52,7 @@ impl Error {
             Self::Delete { .. } => "delete",
             Self::Read { .. } => "read",
             Self::Status(_) => "status",
+            Self::Tls(_) => "tls",
         }
     }
 }

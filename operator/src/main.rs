@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
@@ -124,7 +124,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<Secret>(&client, ns), owned.clone())
-        .owns(api::<Ingress>(&client, ns), owned)
+        .owns(api::<Ingress>(&client, ns), owned.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), owned)
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {

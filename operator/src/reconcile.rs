@@ -10,7 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -24,7 +24,7 @@ use crate::Error;
 use crate::build::{
     self, Component, Defaults, Desired, JobState, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGER, Observed, kind_of,
 };
-use crate::crd::{ChatSystem, ChatSystemStatus};
+use crate::crd::{ChatSystem, ChatSystemStatus, InternalTlsMode};
 use crate::status::{self, Applied, DEGRADED, READY};
 use crate::validate::{self, SecretLookup};
 
@@ -92,11 +92,19 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
     if !generated.is_empty() {
         tracing::info!(chatsystem = %name, keys = ?generated, "generated credentials");
     }
+    let (internal_tls, next_renewal) = match cs.spec.internal_tls.mode {
+        InternalTlsMode::Operator => {
+            let (material, due) = ensure_tls(&ctx.client, &ns, cs, &existing).await?;
+            (Some(material), Some(due))
+        }
+        InternalTlsMode::Secret | InternalTlsMode::Disabled => (None, None),
+    };
     let observed = Observed {
         credentials,
         external_digests,
         deployed_images: existing.deployed_images(&name),
         jobs: existing.job_states(),
+        internal_tls,
     };
     let desired = build::build(cs, &observed, &ctx.defaults);
 
@@ -118,6 +126,10 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         if svc.name_any() == format!("{name}-public") {
             public_service = Some(svc);
         }
+    }
+    // Before any pod starts: a new pod is never reachable beyond what the policies allow.
+    for o in &desired.network_policies {
+        apply.apply(o).await?;
     }
     let mut stateful_sets = vec![];
     for o in &desired.stateful_sets {
@@ -158,7 +170,58 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         }
     }
     write_status(cs, ctx, new).await?;
-    Ok(Action::requeue(ctx.requeue))
+    Ok(Action::requeue(requeue_after(ctx.requeue, next_renewal, time::OffsetDateTime::now_utc())))
+}
+
+/// The regular resync, or sooner when a certificate is due for renewal before it.
+pub fn requeue_after(resync: Duration, renewal: Option<time::OffsetDateTime>, now: time::OffsetDateTime) -> Duration {
+    let Some(renewal) = renewal else { return resync };
+    let until: Duration = (renewal - now).try_into().unwrap_or(Duration::ZERO);
+    // At least a second: a renewal that is due now happens in this pass already.
+    until.clamp(Duration::from_secs(1), resync.max(Duration::from_secs(1)))
+}
+
+/// Mode operator: the CA (read by name, so an existing one is adopted and never replaced)
+/// and each service's certificate, renewed where due. Returns them and the next renewal.
+async fn ensure_tls(
+    client: &Client,
+    ns: &str,
+    cs: &ChatSystem,
+    existing: &Existing,
+) -> Result<(crate::tls::TlsMaterial, time::OffsetDateTime), Error> {
+    let name = cs.name_any();
+    let ca_name = build::ca_secret_name(&name);
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let ca_secret =
+        api.get_opt(&ca_name).await.map_err(|source| Error::Read { what: format!("Secret {ca_name}"), source })?;
+    let ca_data: Option<BTreeMap<String, Vec<u8>>> =
+        ca_secret.as_ref().map(|s| s.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect());
+    let mut current = BTreeMap::new();
+    for component in Component::ALL {
+        let secret_name = build::service_tls_secret_name(&name, component);
+        let Some(secret) = existing.secrets.iter().find(|s| s.name_any() == secret_name) else { continue };
+        let text = |key: &str| {
+            secret.data.as_ref().and_then(|d| d.get(key)).map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        if let (Some(cert_pem), Some(key_pem)) = (text(crate::tls::CERT_KEY), text(crate::tls::KEY_KEY)) {
+            current.insert(component, crate::tls::KeyedCert { cert_pem, key_pem });
+        }
+    }
+    // The schema and the validate step have checked the lifetime already.
+    let lifetime = crate::tls::parse_lifetime(cs.spec.internal_tls.certificate_lifetime.as_deref())
+        .unwrap_or(crate::tls::DEFAULT_LIFETIME);
+    let now = time::OffsetDateTime::now_utc();
+    let ensured =
+        crate::tls::ensure(&name, ns, ca_data.as_ref().map(|d| (ca_name.as_str(), d)), &current, lifetime, now)?;
+    if ensured.created_ca {
+        tracing::info!(chatsystem = %name, namespace = %ns, secret = %ca_name, "made the internal CA");
+    }
+    for (component, reason) in &ensured.issued {
+        tracing::info!(chatsystem = %name, namespace = %ns, service = component.name(), reason, "issued a service certificate");
+    }
+    let mut material = ensured.material;
+    material.ca_secret_type = ca_secret.and_then(|s| s.type_);
+    Ok((material, ensured.next_renewal))
 }
 
 /// Whether condition `type_` has a different status in `new` than in `old`.
@@ -177,6 +240,7 @@ struct Existing {
     jobs: Vec<Job>,
     deployments: Vec<Deployment>,
     ingresses: Vec<Ingress>,
+    network_policies: Vec<NetworkPolicy>,
     /// resourceVersion of every child by (kind, name), to tell created and updated apart.
     versions: BTreeMap<(&'static str, String), String>,
 }
@@ -217,6 +281,7 @@ impl Existing {
             jobs: list(client, ns, &selector).await?,
             deployments: list(client, ns, &selector).await?,
             ingresses: list(client, ns, &selector).await?,
+            network_policies: list(client, ns, &selector).await?,
             versions: BTreeMap::new(),
         };
         // Claims are listed only to tell created from updated: they are never deleted here.
@@ -230,6 +295,7 @@ impl Existing {
         versions(&mut v, &existing.jobs);
         versions(&mut v, &existing.deployments);
         versions(&mut v, &existing.ingresses);
+        versions(&mut v, &existing.network_policies);
         Ok(Existing { versions: v, ..existing })
     }
 
@@ -288,7 +354,7 @@ async fn read_external(
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut secrets: BTreeMap<String, Option<Secret>> = BTreeMap::new();
     let mut lookups = BTreeMap::new();
-    for r in build::external_refs(spec) {
+    for r in build::external_refs(spec).into_iter().chain(build::tls_refs(spec)) {
         if !secrets.contains_key(&r.secret) {
             let secret = api
                 .get_opt(&r.secret)
@@ -414,6 +480,8 @@ async fn delete_orphans(
     sweep(ctx, ns, &existing.stateful_sets, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.services, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.config_maps, &wanted, &uid, &mut deleted).await?;
+    // Policies last: a workload is gone before the policy that guarded it.
+    sweep(ctx, ns, &existing.network_policies, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.secrets, &wanted, &uid, &mut deleted).await?;
     Ok(deleted)
 }

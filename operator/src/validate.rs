@@ -1,10 +1,11 @@
-//! Checks the API server's schema cannot make: that every Secret key the spec references exists.
+//! Checks the API server's schema cannot make: that every Secret key the spec references exists,
+//! and that the certificate lifetime is within bounds.
 //! Pure: the read step looks the keys up, this judges them.
 
 use std::collections::BTreeMap;
 
-use crate::build::{ExternalRef, digest, external_refs};
-use crate::crd::ChatSystemSpec;
+use crate::build::{ExternalRef, digest, external_refs, tls_refs};
+use crate::crd::{ChatSystemSpec, InternalTlsMode};
 
 /// What the read step found for one referenced Secret key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,14 +23,25 @@ pub fn validate(
 ) -> Result<BTreeMap<(String, String), String>, Vec<String>> {
     let mut digests = BTreeMap::new();
     let mut problems = vec![];
-    for ExternalRef { secret, key, field } in external_refs(spec) {
+    let external = external_refs(spec);
+    // Certificates are re-read by the services when they change: their digests stay out of
+    // the config hash, so a renewal does not restart every pod.
+    let hashed: Vec<(String, String)> = external.iter().map(|r| (r.secret.clone(), r.key.clone())).collect();
+    for ExternalRef { secret, key, field } in external.into_iter().chain(tls_refs(spec)) {
         match lookups.get(&(secret.clone(), key.clone())) {
             Some(SecretLookup::Found(digest)) => {
-                digests.insert((secret, key), digest.clone());
+                if hashed.contains(&(secret.clone(), key.clone())) {
+                    digests.insert((secret, key), digest.clone());
+                }
             }
             Some(SecretLookup::NoKey) => problems.push(format!("{field}: Secret {secret:?} has no key {key:?}")),
             Some(SecretLookup::NoSecret) | None => problems.push(format!("{field}: Secret {secret:?} not found")),
         }
+    }
+    if spec.internal_tls.mode == InternalTlsMode::Operator
+        && let Err(problem) = crate::tls::parse_lifetime(spec.internal_tls.certificate_lifetime.as_deref())
+    {
+        problems.push(format!("spec.internalTls.{problem}"));
     }
     problems.dedup();
     if problems.is_empty() { Ok(digests) } else { Err(problems) }

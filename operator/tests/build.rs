@@ -2,13 +2,15 @@
 //! `tests/fixtures/`. No API server: everything here is in memory.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use chatmesh_operator::build::{
     self, CONFIG_HASH_ANNOTATION, Component, Defaults, Desired, Infra, JobState, LABEL_INSTANCE, LABEL_MANAGED_BY,
     MANAGER, Observed,
 };
-use chatmesh_operator::crd::{ChatSystem, Dependency, ExternalSpec, SecretKeyRef};
+use chatmesh_operator::crd::{ChatSystem, Dependency, ExternalSpec, InternalTlsMode, SecretKeyRef};
 use chatmesh_operator::status::{self, Applied};
+use chatmesh_operator::tls::{self, TlsMaterial};
 use chatmesh_operator::validate::{self, SecretLookup};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{Container, EnvVar};
@@ -22,7 +24,9 @@ fn load(name: &str) -> ChatSystem {
 
 /// What the read step would find on a cluster holding nothing yet (passwords made up).
 fn observed(cs: &ChatSystem) -> Observed {
+    let internal_tls = (cs.spec.internal_tls.mode == InternalTlsMode::Operator).then(|| material().clone());
     Observed {
+        internal_tls,
         credentials: build::credential_keys(&cs.spec).into_iter().map(|k| (k.to_string(), format!("pw{k}"))).collect(),
         external_digests: build::external_refs(&cs.spec)
             .into_iter()
@@ -30,6 +34,15 @@ fn observed(cs: &ChatSystem) -> Observed {
             .collect(),
         ..Observed::default()
     }
+}
+
+/// A CA and service certificates as the read step would make them (made once: keys take time).
+fn material() -> &'static TlsMaterial {
+    static MATERIAL: OnceLock<TlsMaterial> = OnceLock::new();
+    MATERIAL.get_or_init(|| {
+        let now = time::OffsetDateTime::now_utc();
+        tls::ensure("demo", "chat", None, &BTreeMap::new(), tls::DEFAULT_LIFETIME, now).unwrap().material
+    })
 }
 
 fn defaults() -> Defaults {
@@ -206,6 +219,7 @@ fn meta_of<'a>(
         "Job" => named(&d.jobs, name).meta(),
         "Deployment" => named(&d.deployments, name).meta(),
         "Ingress" => named(&d.ingresses, name).meta(),
+        "NetworkPolicy" => named(&d.network_policies, name).meta(),
         other => panic!("unexpected kind {other}"),
     }
 }
@@ -524,4 +538,311 @@ fn crd_merges_conditions_by_type() {
     let mysql = &schema["properties"]["spec"]["properties"]["mysql"];
     assert_eq!(mysql["x-kubernetes-validations"][0]["rule"], "has(self.managed) != has(self.external)");
     assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["chat"]));
+}
+
+fn pod(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn tls_volume(d: &Deployment) -> Option<&k8s_openapi::api::core::v1::Volume> {
+    pod(d).volumes.as_ref().unwrap().iter().find(|v| v.name == "internal-tls")
+}
+
+fn with_spec(base: &str, patch: serde_json::Value) -> ChatSystem {
+    let mut value = serde_json::to_value(load(base)).unwrap();
+    for (key, v) in patch.as_object().unwrap() {
+        value["spec"][key] = v.clone();
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+#[test]
+fn operator_tls_makes_secrets_and_mounts_them_as_directories() {
+    let cs = load("minimal");
+    let d = migrated(&cs);
+    let m = material();
+
+    // The CA Secret, and one kubernetes.io/tls Secret per service with ca.crt.
+    let ca = named(&d.secrets, "demo-internal-ca");
+    assert_eq!(ca.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(secret_data(&d, "demo-internal-ca")["tls.crt"], m.ca.cert_pem);
+    assert_eq!(d.secrets.len(), 2 + 1 + 7);
+    for component in Component::ALL {
+        let svc = component.name();
+        let secret_name = format!("demo-{svc}-tls");
+        assert_eq!(named(&d.secrets, &secret_name).type_.as_deref(), Some("kubernetes.io/tls"));
+        let data = secret_data(&d, &secret_name);
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(data["tls.crt"], m.services[&component].cert_pem);
+        assert_eq!(data["ca.crt"], m.trusted_pem);
+
+        let dep = named(&d.deployments, &format!("demo-{svc}"));
+        let volume = tls_volume(dep).unwrap_or_else(|| panic!("{svc} mounts no certificate"));
+        let source = volume.secret.as_ref().unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some(secret_name.as_str()));
+        assert_eq!(source.items, None, "every key, as files named like the keys");
+        assert_eq!(source.default_mode, Some(0o440));
+        let mount = container(dep).volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "internal-tls").unwrap();
+        assert_eq!(mount.mount_path, "/etc/chatmesh/tls");
+        assert_eq!(mount.sub_path, None, "a subPath mount would never see a renewed certificate");
+        assert_eq!(mount.read_only, Some(true));
+        let c = container(dep);
+        assert_eq!(env(c, "CHATMESH_TLS_CERT").unwrap().value.as_deref(), Some("/etc/chatmesh/tls/tls.crt"));
+        assert_eq!(env(c, "CHATMESH_TLS_KEY").unwrap().value.as_deref(), Some("/etc/chatmesh/tls/tls.key"));
+        assert_eq!(env(c, "CHATMESH_TLS_CA").unwrap().value.as_deref(), Some("/etc/chatmesh/tls/ca.crt"));
+        // The gRPC port is TLS for a mesh's proxy.
+        let ports = named(&d.services, &format!("demo-{svc}")).spec.clone().unwrap().ports.unwrap();
+        for p in ports {
+            let want = (p.name.as_deref() == Some("grpc")).then_some("tls");
+            assert_eq!(p.app_protocol.as_deref(), want, "{svc} {:?}", p.name);
+        }
+    }
+    // The addresses stay http://<name>-<svc>:<port>: the host is the name the certificate has.
+    let cm = named(&d.config_maps, "demo-config").data.clone().unwrap();
+    assert_eq!(cm["CHATMESH_USER_ADDR"], "http://demo-user:10003");
+    // Certificates are not configuration: renewing them rolls no pod.
+    let mut renewed = observed(&cs);
+    renewed.jobs.insert(d.migration_job.clone(), JobState::Succeeded);
+    let other =
+        tls::ensure("demo", "chat", None, &BTreeMap::new(), tls::DEFAULT_LIFETIME, time::OffsetDateTime::now_utc());
+    renewed.internal_tls = Some(other.unwrap().material);
+    assert_eq!(build::build(&cs, &renewed, &defaults()).config_hash, d.config_hash);
+
+    // The migration Job makes no gRPC call: no certificate, no TLS variable.
+    let job = named(&d.jobs, &d.migration_job);
+    let jpod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(jpod.volumes.as_ref().unwrap().iter().all(|v| v.name != "internal-tls"));
+    assert!(jpod.containers[0].env.as_ref().unwrap().iter().all(|e| !e.name.starts_with("CHATMESH_TLS_")));
+}
+
+#[test]
+fn secret_tls_mounts_the_users_secrets() {
+    // One Secret for all: <svc>.crt and <svc>.key become tls.crt and tls.key.
+    let cs =
+        with_spec("minimal", serde_json::json!({"internalTls": {"mode": "secret", "secret": {"name": "mesh-certs"}}}));
+    let d = migrated(&cs);
+    assert!(d.secrets.iter().all(|s| !s.name_any().ends_with("-tls") && s.name_any() != "demo-internal-ca"));
+    for component in Component::ALL {
+        let svc = component.name();
+        let dep = named(&d.deployments, &format!("demo-{svc}"));
+        let source = tls_volume(dep).unwrap().secret.clone().unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some("mesh-certs"));
+        let items: Vec<(String, String)> = source.items.unwrap().into_iter().map(|i| (i.key, i.path)).collect();
+        assert_eq!(
+            items,
+            [
+                ("ca.crt".into(), "ca.crt".into()),
+                (format!("{svc}.crt"), "tls.crt".into()),
+                (format!("{svc}.key"), "tls.key".into())
+            ]
+        );
+        assert!(env(container(dep), "CHATMESH_TLS_CERT").is_some());
+    }
+    let refs = build::tls_refs(&cs.spec);
+    assert_eq!(refs.len(), 1 + 2 * 7, "ca.crt once, a certificate and key per service");
+
+    // A missing key is named; present ones do not enter the config hash (renewals roll nothing).
+    let mut lookups: BTreeMap<(String, String), SecretLookup> =
+        refs.iter().map(|r| ((r.secret.clone(), r.key.clone()), SecretLookup::Found("d".into()))).collect();
+    assert!(validate::validate(&cs.spec, &lookups).unwrap().is_empty());
+    lookups.insert(("mesh-certs".into(), "speech.key".into()), SecretLookup::NoKey);
+    assert_eq!(
+        validate::validate(&cs.spec, &lookups).unwrap_err(),
+        [r#"spec.internalTls.secret.name: Secret "mesh-certs" has no key "speech.key""#]
+    );
+
+    // One Secret per service (e.g. cert-manager's): standard keys.
+    let services: serde_json::Map<String, serde_json::Value> =
+        Component::ALL.iter().map(|c| (c.name().to_string(), format!("{}-cert", c.name()).into())).collect();
+    let cs =
+        with_spec("minimal", serde_json::json!({"internalTls": {"mode": "secret", "secret": {"services": services}}}));
+    let d = migrated(&cs);
+    let user = tls_volume(named(&d.deployments, "demo-user")).unwrap().secret.clone().unwrap();
+    assert_eq!(user.secret_name.as_deref(), Some("user-cert"));
+    let paths: Vec<String> = user.items.unwrap().into_iter().map(|i| i.path).collect();
+    assert_eq!(paths, ["ca.crt", "tls.crt", "tls.key"]);
+    let refs = build::tls_refs(&cs.spec);
+    assert_eq!(refs.len(), 3 * 7);
+    let problems = validate::validate(&cs.spec, &BTreeMap::new()).unwrap_err();
+    assert!(problems.contains(&r#"spec.internalTls.secret.services.user: Secret "user-cert" not found"#.to_string()));
+}
+
+#[test]
+fn disabled_tls_mounts_nothing() {
+    let cs = with_spec("minimal", serde_json::json!({"internalTls": {"mode": "disabled"}}));
+    let d = migrated(&cs);
+    assert_eq!(d.secrets.len(), 2);
+    for dep in &d.deployments {
+        assert!(tls_volume(dep).is_none());
+        assert!(container(dep).env.as_ref().unwrap().iter().all(|e| !e.name.starts_with("CHATMESH_TLS_")));
+    }
+    for svc in &d.services {
+        assert!(svc.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().all(|p| p.app_protocol.is_none()));
+    }
+    assert!(build::tls_refs(&cs.spec).is_empty());
+}
+
+#[test]
+fn bad_lifetimes_are_named() {
+    let cs = with_spec("minimal", serde_json::json!({"internalTls": {"certificateLifetime": "5s"}}));
+    let problems = validate::validate(&cs.spec, &BTreeMap::new()).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].starts_with("spec.internalTls.certificateLifetime \"5s\" is outside"), "{problems:?}");
+}
+
+/// (component label values a peer's selector admits, ports) of each rule of a policy.
+fn rules(d: &Desired, name: &str) -> Vec<(Vec<String>, Vec<i32>)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let spec = named(&d.network_policies, name).spec.clone().unwrap();
+    assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_string()][..]), "{name}");
+    spec.ingress
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rule| {
+            let ports = rule
+                .ports
+                .unwrap()
+                .into_iter()
+                .map(|p| {
+                    assert_eq!(p.protocol.as_deref(), Some("TCP"));
+                    match p.port {
+                        Some(IntOrString::Int(n)) => n,
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect();
+            let from = match rule.from {
+                None => vec!["*".to_string()],
+                Some(peers) => peers
+                    .into_iter()
+                    .map(|peer| match (peer.pod_selector, peer.namespace_selector) {
+                        (Some(pods), None) => {
+                            let labels = pods.match_labels.unwrap();
+                            assert_eq!(labels[LABEL_INSTANCE], "demo");
+                            assert_eq!(labels["app.kubernetes.io/name"], "chatmesh");
+                            let expr = &pods.match_expressions.unwrap()[0];
+                            assert_eq!(
+                                (expr.key.as_str(), expr.operator.as_str()),
+                                ("app.kubernetes.io/component", "In")
+                            );
+                            expr.values.clone().unwrap().join(",")
+                        }
+                        (None, Some(ns)) => format!("ns:{}", serde_json::to_string(&ns).unwrap()),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect(),
+            };
+            (from, ports)
+        })
+        .collect()
+}
+
+#[test]
+fn network_policies_open_each_port_to_its_callers_only() {
+    let cs = load("minimal");
+    let d = migrated(&cs);
+    // Deny all ingress to every pod of this ChatSystem (services, servers, the Job).
+    let deny = named(&d.network_policies, "demo-default-deny").spec.clone().unwrap();
+    let selector = deny.pod_selector.unwrap().match_labels.unwrap();
+    assert_eq!(
+        selector,
+        BTreeMap::from([
+            ("app.kubernetes.io/instance".to_string(), "demo".to_string()),
+            ("app.kubernetes.io/name".to_string(), "chatmesh".to_string())
+        ])
+    );
+    assert_eq!(deny.ingress, None);
+    assert_eq!(deny.policy_types.as_deref(), Some(&["Ingress".to_string()][..]), "egress stays open");
+
+    let monitoring = r#"ns:{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}"#.to_string();
+    let metrics = (vec![monitoring.clone()], vec![9100]);
+    let callers = |list: &str| vec![list.to_string()];
+    // The table of the issue, written out: who may call which gRPC port.
+    assert_eq!(rules(&d, "demo-gateway"), [(vec!["*".into()], vec![9000, 9001]), metrics.clone()]);
+    assert_eq!(rules(&d, "demo-user"), [(callers("gateway,friend,transmit,message"), vec![10003]), metrics.clone()]);
+    assert_eq!(rules(&d, "demo-file"), [(callers("gateway,user,transmit,message"), vec![10002]), metrics.clone()]);
+    for (svc, port) in [("friend", 10006), ("transmit", 10004), ("message", 10005), ("speech", 10001)] {
+        assert_eq!(rules(&d, &format!("demo-{svc}")), [(callers("gateway"), vec![port]), metrics.clone()], "{svc}");
+    }
+    // Servers: from the services that use them (and the migration Job for the database).
+    assert_eq!(rules(&d, "demo-mysql"), [(callers("user,friend,file,message,transmit,migrate"), vec![3306])]);
+    assert_eq!(rules(&d, "demo-redis"), [(callers("gateway,user"), vec![6379])]);
+    assert_eq!(rules(&d, "demo-rabbitmq"), [(callers("transmit,message"), vec![5672])]);
+    assert_eq!(rules(&d, "demo-elasticsearch"), [(callers("user,friend,message"), vec![9200])]);
+    assert_eq!(d.network_policies.len(), 1 + 7 + 4);
+    // Each policy selects exactly its component's pods.
+    for policy in d.network_policies.iter().filter(|p| p.name_any() != "demo-default-deny") {
+        let labels = policy.spec.as_ref().unwrap().pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(format!("demo-{}", labels["app.kubernetes.io/component"]), policy.name_any());
+    }
+
+    // External servers get no policy; peers and the metrics namespaces are configurable.
+    let cs = with_spec(
+        "external",
+        serde_json::json!({"networkPolicy": {
+            "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+            "metricsFrom": {"matchLabels": {"team": "observability"}}}}),
+    );
+    let d = migrated(&cs);
+    assert_eq!(d.network_policies.len(), 1 + 7);
+    assert_eq!(
+        rules(&d, "demo-gateway")[0].0,
+        [r#"ns:{"matchLabels":{"kubernetes.io/metadata.name":"ingress-nginx"}}"#]
+    );
+    assert_eq!(rules(&d, "demo-user")[1].0, [r#"ns:{"matchLabels":{"team":"observability"}}"#]);
+
+    let off = with_spec("minimal", serde_json::json!({"networkPolicy": {"enabled": false}}));
+    assert!(migrated(&off).network_policies.is_empty());
+}
+
+#[test]
+fn the_call_table_is_the_issues() {
+    let calls: Vec<(&str, Vec<&str>)> = build::CALLS
+        .iter()
+        .map(|(caller, callees)| (caller.name(), callees.iter().map(|c| c.name()).collect()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("gateway", vec!["user", "friend", "file", "transmit", "message", "speech"]),
+            ("user", vec!["file"]),
+            ("friend", vec!["user"]),
+            ("transmit", vec!["user", "file"]),
+            ("message", vec!["user", "file"]),
+        ]
+    );
+    assert!(build::callers(Component::Gateway).is_empty(), "nothing calls the gateway over gRPC");
+}
+
+#[test]
+fn pod_annotations_and_labels_reach_the_pods() {
+    let cs = with_spec(
+        "minimal",
+        serde_json::json!({"services": {"user": {
+            "podAnnotations": {"linkerd.io/inject": "enabled"},
+            "podLabels": {"sidecar.istio.io/inject": "true", "team": "chat"}}}}),
+    );
+    let d = migrated(&cs);
+    let meta = named(&d.deployments, "demo-user").spec.clone().unwrap().template.metadata.unwrap();
+    let annotations = meta.annotations.unwrap();
+    assert_eq!(annotations["linkerd.io/inject"], "enabled");
+    assert_eq!(annotations[CONFIG_HASH_ANNOTATION], d.config_hash);
+    let labels = meta.labels.unwrap();
+    assert_eq!(labels["sidecar.istio.io/inject"], "true");
+    assert_eq!(labels["team"], "chat");
+    assert_eq!(labels["app.kubernetes.io/component"], "user");
+    // Other services and the Job are untouched.
+    let gw = named(&d.deployments, "demo-gateway").spec.clone().unwrap().template.metadata.unwrap();
+    assert!(!gw.annotations.unwrap().contains_key("linkerd.io/inject"));
+    let job = named(&d.jobs, &d.migration_job).spec.clone().unwrap().template.metadata.unwrap();
+    assert!(!job.labels.unwrap().contains_key("team"));
+
+    // Were the schema bypassed, the operator's own labels and hash still win.
+    let mut cs = cs.clone();
+    cs.spec.services.user.pod_labels.insert("app.kubernetes.io/component".into(), "evil".into());
+    cs.spec.services.user.pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), "x".into());
+    let d = migrated(&cs);
+    let meta = named(&d.deployments, "demo-user").spec.clone().unwrap().template.metadata.unwrap();
+    assert_eq!(meta.labels.unwrap()["app.kubernetes.io/component"], "user");
+    assert_eq!(meta.annotations.unwrap()[CONFIG_HASH_ANNOTATION], d.config_hash);
 }

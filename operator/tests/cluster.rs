@@ -19,7 +19,7 @@ use chatmesh_operator::status;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -234,7 +234,7 @@ impl Harness {
                 }
             )*};
         }
-        each!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress, PersistentVolumeClaim);
+        each!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress, PersistentVolumeClaim, NetworkPolicy);
         out
     }
 }
@@ -262,7 +262,10 @@ async fn creates_the_system_and_reports_its_status() {
     // First pass: configuration, servers, Services and the migration Job; no Deployment until
     // the Job has succeeded.
     let cs = h.reconcile().await;
-    assert_eq!(h.names::<Secret>().await, ["demo-connections", "demo-credentials"]);
+    let mut secrets: Vec<String> = SERVICES.iter().map(|s| format!("demo-{s}-tls")).collect();
+    secrets.extend(["demo-connections", "demo-credentials", "demo-internal-ca"].map(String::from));
+    secrets.sort();
+    assert_eq!(h.names::<Secret>().await, secrets);
     assert_eq!(h.names::<ConfigMap>().await.iter().filter(|n| n.starts_with("demo")).count(), 1);
     assert_eq!(h.names::<StatefulSet>().await, ["demo-elasticsearch", "demo-mysql", "demo-rabbitmq", "demo-redis"]);
     let mut services: Vec<String> = SERVICES.iter().map(|s| format!("demo-{s}")).collect();
@@ -481,11 +484,13 @@ async fn every_child_is_owned_for_garbage_collection() {
             }
         )*};
     }
-    owned!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress);
+    owned!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress, NetworkPolicy);
     // PVCs made by StatefulSets' claim templates would belong to the StatefulSets; none
     // exist here (no StatefulSet controller), so every claim is the files volume.
     owned!(PersistentVolumeClaim);
-    assert_eq!(count, 2 + 1 + 12 + 4 + 1 + 7 + 1 + 1);
+    // Secrets: credentials, connections, the internal CA, 7 certificates; NetworkPolicies:
+    // default deny, 7 services, 4 servers.
+    assert_eq!(count, 2 + 8 + 1 + 12 + 4 + 1 + 7 + 1 + 12 + 1);
 }
 
 #[tokio::test]
@@ -521,6 +526,38 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             json!({"mysql": {"managed": {"storage": {"size": "lots"}}}}),
             "spec.mysql.managed.storage.size in body should match",
         ),
+        (json!({"internalTls": {"mode": "secret"}}), "secret is required with mode secret and allowed only then"),
+        (
+            json!({"internalTls": {"secret": {"name": "certs"}}}),
+            "secret is required with mode secret and allowed only then",
+        ),
+        (json!({"internalTls": {"mode": "sometimes"}}), "supported values: \"operator\", \"secret\", \"disabled\""),
+        (
+            json!({"internalTls": {"mode": "disabled", "certificateLifetime": "1d"}}),
+            "certificateLifetime applies only to mode operator",
+        ),
+        (
+            json!({"internalTls": {"certificateLifetime": "90 days"}}),
+            "spec.internalTls.certificateLifetime in body should match",
+        ),
+        (
+            json!({"internalTls": {"mode": "secret", "secret": {"name": "a", "services": {"gateway": "g", "user": "u",
+                "friend": "f", "file": "f", "message": "m", "transmit": "t", "speech": "s"}}}}),
+            "set exactly one of name or services",
+        ),
+        (
+            json!({"internalTls": {"mode": "secret", "secret": {"services": {"gateway": "g"}}}}),
+            "spec.internalTls.secret.services.user: Required value",
+        ),
+        (
+            json!({"services": {"user": {"podLabels": {"app.kubernetes.io/component": "x"}}}}),
+            "podLabels cannot set the operator's",
+        ),
+        (
+            json!({"services": {"gateway": {"podAnnotations": {"chatmesh.io/config-hash": "x"}}}}),
+            "podAnnotations cannot set chatmesh.io/config-hash",
+        ),
+        (json!({"networkPolicy": {"enabled": "yes"}}), "spec.networkPolicy.enabled: Invalid value"),
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let cs: DynamicObject = serde_json::from_value(json!({"apiVersion": "chatmesh.io/v1alpha1",
@@ -562,4 +599,221 @@ async fn drift_is_undone() {
     h.reconcile().await;
     assert_eq!(h.get::<ConfigMap>("demo-config").await.unwrap().data.unwrap()["CHATMESH_LOG_FORMAT"], "json");
     assert!(h.get::<Service>("demo-user").await.is_some());
+}
+
+/// (tls.crt, tls.key, ca.crt) of a Secret, as text.
+async fn tls_files(h: &Harness, name: &str) -> (String, String, String) {
+    let data = h.get::<Secret>(name).await.unwrap_or_else(|| panic!("no Secret {name}")).data.unwrap();
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    (text("tls.crt"), text("tls.key"), text("ca.crt"))
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).next().unwrap().unwrap().contents
+}
+
+/// Checks a service certificate chains to `ca_pem` and names the service; returns its expiry.
+fn check_cert(cert_pem: &str, ca_pem: &str, ns: &str, svc: &str) -> time::OffsetDateTime {
+    let (cert_der, ca_der) = (der(cert_pem), der(ca_pem));
+    let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    cert.verify_signature(Some(ca.public_key())).unwrap_or_else(|e| panic!("{svc}: not signed by the CA: {e}"));
+    let names = chatmesh_operator::tls::names(&cert);
+    for want in [
+        format!("demo-{svc}"),
+        format!("demo-{svc}.{ns}"),
+        format!("demo-{svc}.{ns}.svc"),
+        format!("demo-{svc}.{ns}.svc.cluster.local"),
+        format!("spiffe://chatmesh.io/service/{svc}"),
+    ] {
+        assert!(names.contains(&want), "{svc}: {want} not among {names:?}");
+    }
+    assert_eq!(names.len(), 5, "{svc}: {names:?}");
+    cert.validity().not_after.to_datetime()
+}
+
+#[tokio::test]
+async fn internal_ca_and_certificates_are_kept_and_rotated() {
+    // A short lifetime: renewal is due 20 s after issue (a third, 10 s, left).
+    let spec = json!({"internalTls": {"certificateLifetime": "30s"}});
+    let Some(h) = Harness::new("tls", spec).await else { return };
+    h.ready().await;
+    let ca = tls_files(&h, "demo-internal-ca").await;
+    assert_eq!(ca.0, ca.2, "the CA trusts itself");
+    let mut first = BTreeMap::new();
+    let mut expiry = None;
+    for svc in SERVICES {
+        let files = tls_files(&h, &format!("demo-{svc}-tls")).await;
+        assert_eq!(files.2, ca.0);
+        let not_after = check_cert(&files.0, &ca.0, &h.ns, svc);
+        expiry = expiry.min(Some(not_after)).or(Some(not_after));
+        first.insert(svc, files);
+        // Mounted as a directory, pointed at by the three variables.
+        let d = h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "internal-tls").unwrap();
+        assert_eq!(volume.secret.unwrap().secret_name, Some(format!("demo-{svc}-tls")));
+        let c = &pod.containers[0];
+        let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "internal-tls").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.sub_path.as_ref()), ("/etc/chatmesh/tls", None));
+        let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.clone(), e.value.clone())).collect();
+        assert_eq!(env["CHATMESH_TLS_CA"].as_deref(), Some("/etc/chatmesh/tls/ca.crt"));
+    }
+
+    // Another pass, before any renewal is due: the very same CA and certificates.
+    h.reconcile().await;
+    assert_eq!(tls_files(&h, "demo-internal-ca").await, ca);
+    for svc in SERVICES {
+        assert_eq!(tls_files(&h, &format!("demo-{svc}-tls")).await, first[svc], "{svc} renewed too early");
+    }
+
+    // Past the renewal point (10 s before expiry): new certificates, the same CA, no pod roll.
+    let hashes: Vec<String> = {
+        let mut v = vec![];
+        for svc in SERVICES {
+            v.push(config_hash(&h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap()));
+        }
+        v
+    };
+    let due = expiry.unwrap() - Duration::from_secs(10) + Duration::from_millis(500);
+    let wait = (due - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
+    tokio::time::sleep(wait).await;
+    h.reconcile().await;
+    assert_eq!(tls_files(&h, "demo-internal-ca").await, ca, "the CA never changes");
+    for (i, svc) in SERVICES.into_iter().enumerate() {
+        let renewed = tls_files(&h, &format!("demo-{svc}-tls")).await;
+        assert_ne!(renewed.0, first[svc].0, "{svc} not renewed");
+        assert_ne!(renewed.1, first[svc].1, "{svc}: a new key too");
+        let not_after = check_cert(&renewed.0, &ca.0, &h.ns, svc);
+        assert!(not_after > expiry.unwrap(), "{svc}");
+        let d = h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap();
+        assert_eq!(config_hash(&d), hashes[i], "{svc}: a renewal must not restart the pods");
+    }
+
+    // The CA is found by name: one that lost its labels is adopted, not replaced.
+    let patch = Patch::Merge(json!({"metadata": {"labels": null}}));
+    h.api::<Secret>().patch("demo-internal-ca", &PatchParams::default(), &patch).await.unwrap();
+    h.reconcile().await;
+    assert_eq!(tls_files(&h, "demo-internal-ca").await, ca);
+
+    // A broken CA is reported, never silently replaced (every service trusts it).
+    let broken = Patch::Merge(json!({"stringData": {"tls.key": "junk"}}));
+    h.api::<Secret>().patch("demo-internal-ca", &PatchParams::default(), &broken).await.unwrap();
+    let err = reconcile::reconcile(Arc::new(h.cs().await), h.ctx.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("demo-internal-ca holds no usable CA"), "{err}");
+    assert_eq!(condition(&h.cs().await, status::DEGRADED).0, "True");
+    assert_eq!(tls_files(&h, "demo-internal-ca").await.0, ca.0);
+}
+
+#[tokio::test]
+async fn network_policies_guard_every_port() {
+    let Some(h) = Harness::new("netpol", json!({})).await else { return };
+    h.reconcile().await;
+    let mut names: Vec<String> = SERVICES.iter().map(|s| format!("demo-{s}")).collect();
+    names.extend(
+        ["demo-default-deny", "demo-elasticsearch", "demo-mysql", "demo-rabbitmq", "demo-redis"].map(String::from),
+    );
+    names.sort();
+    assert_eq!(h.names::<NetworkPolicy>().await, names);
+
+    // As stored by the API server: the selectors and ports of a few.
+    let spec = |p: NetworkPolicy| serde_json::to_value(p.spec.unwrap()).unwrap();
+    let deny = spec(h.get::<NetworkPolicy>("demo-default-deny").await.unwrap());
+    assert_eq!(
+        deny,
+        json!({"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/name": "chatmesh"}},
+            "policyTypes": ["Ingress"]})
+    );
+    let user = spec(h.get::<NetworkPolicy>("demo-user").await.unwrap());
+    assert_eq!(user["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "user");
+    let rule = &user["ingress"][0];
+    assert_eq!(rule["ports"], json!([{"port": 10003, "protocol": "TCP"}]));
+    assert_eq!(
+        rule["from"][0]["podSelector"]["matchExpressions"],
+        json!([{"key": "app.kubernetes.io/component", "operator": "In", "values": ["gateway", "friend", "transmit", "message"]}])
+    );
+    assert_eq!(
+        user["ingress"][1],
+        json!({"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "ports": [{"port": 9100, "protocol": "TCP"}]})
+    );
+    let gateway = spec(h.get::<NetworkPolicy>("demo-gateway").await.unwrap());
+    assert_eq!(
+        gateway["ingress"][0],
+        json!({"ports": [{"port": 9000, "protocol": "TCP"}, {"port": 9001, "protocol": "TCP"}]})
+    );
+    let mysql = spec(h.get::<NetworkPolicy>("demo-mysql").await.unwrap());
+    assert_eq!(
+        mysql["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"],
+        json!(["user", "friend", "file", "message", "transmit", "migrate"])
+    );
+
+    // Peers from the spec; then switched off: every policy goes.
+    h.patch_spec(json!({"networkPolicy": {"gatewayFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}})).await;
+    h.reconcile().await;
+    let gateway = spec(h.get::<NetworkPolicy>("demo-gateway").await.unwrap());
+    assert_eq!(gateway["ingress"][0]["from"], json!([{"ipBlock": {"cidr": "10.0.0.0/8"}}]));
+    h.patch_spec(json!({"networkPolicy": {"enabled": false}})).await;
+    h.reconcile().await;
+    assert!(h.names::<NetworkPolicy>().await.is_empty());
+}
+
+#[tokio::test]
+async fn secret_and_disabled_tls_modes_make_no_ca() {
+    let spec = json!({"internalTls": {"mode": "secret", "secret": {"name": "mesh-certs"}}});
+    let Some(h) = Harness::new("tlsmodes", spec).await else { return };
+    // The Secret is missing: named in the status, nothing applied.
+    let cs = h.reconcile().await;
+    assert_eq!(condition(&cs, status::DEGRADED), ("True".into(), "InvalidSpec".into()));
+    let message = status::condition(cs.status.as_ref(), status::DEGRADED).unwrap().message.clone();
+    assert!(message.contains(r#"spec.internalTls.secret.name: Secret "mesh-certs" not found"#), "{message}");
+    assert!(h.names::<Secret>().await.is_empty());
+
+    // The user's Secret, with real certificates for every service.
+    let now = time::OffsetDateTime::now_utc();
+    let made = chatmesh_operator::tls::ensure("demo", &h.ns, None, &BTreeMap::new(), Duration::from_secs(86400), now);
+    let made = made.unwrap().material;
+    let mut data = BTreeMap::from([("ca.crt".to_string(), made.trusted_pem.clone())]);
+    for (component, cert) in &made.services {
+        data.insert(format!("{}.crt", component.name()), cert.cert_pem.clone());
+        data.insert(format!("{}.key", component.name()), cert.key_pem.clone());
+    }
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "mesh-certs"}, "stringData": data})).unwrap();
+    h.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    h.ready().await;
+    assert_eq!(h.names::<Secret>().await, ["demo-connections", "demo-credentials", "mesh-certs"], "no CA made");
+    let d = h.get::<Deployment>("demo-user").await.unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    let source = pod.volumes.unwrap().into_iter().find(|v| v.name == "internal-tls").unwrap().secret.unwrap();
+    assert_eq!(source.secret_name.as_deref(), Some("mesh-certs"));
+    let items: Vec<(String, String)> = source.items.unwrap().into_iter().map(|i| (i.key, i.path)).collect();
+    assert_eq!(
+        items,
+        [("ca.crt", "ca.crt"), ("user.crt", "tls.crt"), ("user.key", "tls.key")].map(|(k, p)| (k.into(), p.into()))
+    );
+    // The user's Secret is theirs: never labelled, owned or changed by the operator.
+    let theirs = h.get::<Secret>("mesh-certs").await.unwrap();
+    assert!(theirs.owner_references().is_empty());
+
+    // Disabled: no certificate mounted, no TLS variable, still no CA.
+    h.patch_spec(json!({"internalTls": {"mode": "disabled", "secret": null}})).await;
+    h.reconcile().await;
+    for svc in SERVICES {
+        let d = h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.unwrap().iter().all(|v| v.name != "internal-tls"), "{svc}");
+        assert!(pod.containers[0].env.as_ref().unwrap().iter().all(|e| !e.name.starts_with("CHATMESH_TLS_")), "{svc}");
+    }
+    assert!(h.get::<Secret>("demo-internal-ca").await.is_none());
+
+    // Operator mode makes them; back to disabled removes them again (nothing uses them).
+    h.patch_spec(json!({"internalTls": {"mode": "operator"}})).await;
+    h.reconcile().await;
+    assert!(h.get::<Secret>("demo-internal-ca").await.is_some());
+    assert!(h.get::<Secret>("demo-user-tls").await.is_some());
+    h.patch_spec(json!({"internalTls": {"mode": "disabled"}})).await;
+    h.reconcile().await;
+    assert!(h.get::<Secret>("demo-internal-ca").await.is_none());
+    assert!(h.get::<Secret>("demo-user-tls").await.is_none());
 }

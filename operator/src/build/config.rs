@@ -207,6 +207,10 @@ pub(super) fn env(ctx: &Ctx, target: &str, component: Option<Component>) -> Vec<
             SpeechProvider::Offline => {}
         }
     }
+    if component.is_some() {
+        // The services only: the migration Job makes no gRPC call.
+        env.extend(super::tls::env(ctx));
+    }
     if let Some(component) = component {
         // Duplicate names would make server-side apply refuse the list (it is keyed by name).
         for extra in &component.spec(spec).env {

@@ -34,7 +34,7 @@ fn server(infra: Infra) -> Server {
     match infra {
         Infra::Mysql => Server {
             image: "docker.io/library/mariadb:11.4",
-            port: 3306,
+            port: Infra::Mysql.port(),
             port_name: "mysql",
             data_dir: "/var/lib/mysql",
             size: "8Gi",
@@ -43,7 +43,7 @@ fn server(infra: Infra) -> Server {
         },
         Infra::Redis => Server {
             image: "docker.io/library/redis:7.4",
-            port: 6379,
+            port: Infra::Redis.port(),
             port_name: "redis",
             data_dir: "/data",
             size: "1Gi",
@@ -52,7 +52,7 @@ fn server(infra: Infra) -> Server {
         },
         Infra::Rabbitmq => Server {
             image: "docker.io/library/rabbitmq:4.1",
-            port: 5672,
+            port: Infra::Rabbitmq.port(),
             port_name: "amqp",
             data_dir: "/var/lib/rabbitmq",
             size: "2Gi",
@@ -61,7 +61,7 @@ fn server(infra: Infra) -> Server {
         },
         Infra::Elasticsearch => Server {
             image: "docker.io/library/elasticsearch:7.17.25",
-            port: 9200,
+            port: Infra::Elasticsearch.port(),
             port_name: "http",
             data_dir: "/usr/share/elasticsearch/data",
             size: "8Gi",

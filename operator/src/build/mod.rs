@@ -5,6 +5,8 @@
 mod config;
 mod gateway;
 mod infra;
+mod network;
+mod tls;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -12,7 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -20,6 +22,8 @@ use crate::crd::{ChatSystem, ChatSystemSpec, Dependency, ExternalSpec, ManagedSp
 
 pub use config::{CONNECTIONS_KEYS, ExternalRef, credential_keys, external_refs};
 pub use gateway::gateway_endpoint;
+pub use network::{CALLS, callers, infra_clients};
+pub use tls::{TLS_DIR, ca_secret_name, service_tls_secret_name, tls_refs};
 
 /// The one field manager of every server-side apply, and the `managed-by` label value.
 pub const MANAGER: &str = "chatmesh-operator";
@@ -71,6 +75,10 @@ impl Component {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// The gRPC port (the seed's); the gateway has HTTP and WebSocket ports instead.
     pub fn grpc_port(self) -> Option<i32> {
         match self {
@@ -84,7 +92,7 @@ impl Component {
         }
     }
 
-    fn spec(self, spec: &ChatSystemSpec) -> &crate::crd::ComponentSpec {
+    pub fn spec(self, spec: &ChatSystemSpec) -> &crate::crd::ComponentSpec {
         let s = &spec.services;
         match self {
             Self::Gateway => &s.gateway,
@@ -134,6 +142,16 @@ impl Infra {
         if dep.external.is_some() { None } else { dep.managed.as_ref() }
     }
 
+    /// The port the managed server listens on.
+    pub fn port(self) -> i32 {
+        match self {
+            Self::Mysql => 3306,
+            Self::Redis => 6379,
+            Self::Rabbitmq => 5672,
+            Self::Elasticsearch => 9200,
+        }
+    }
+
     pub fn external(self, spec: &ChatSystemSpec) -> Option<&ExternalSpec> {
         self.dependency(spec).external.as_ref()
     }
@@ -159,6 +177,9 @@ pub struct Observed {
     pub deployed_images: BTreeMap<Component, String>,
     /// States of this ChatSystem's migration Jobs, by name.
     pub jobs: BTreeMap<String, JobState>,
+    /// Mode operator: the CA and every service's certificate, made or renewed by the read
+    /// step as needed (None: no TLS Secrets are built).
+    pub internal_tls: Option<crate::tls::TlsMaterial>,
 }
 
 /// Defaults that come from the operator rather than the spec.
@@ -186,6 +207,7 @@ pub struct Desired {
     pub jobs: Vec<Job>,
     pub deployments: Vec<Deployment>,
     pub ingresses: Vec<Ingress>,
+    pub network_policies: Vec<NetworkPolicy>,
     /// Hash of all configuration the pods read; an annotation on every pod template.
     pub config_hash: String,
     /// The image the spec asks for.
@@ -218,6 +240,7 @@ impl Desired {
         each(&mut out, &self.jobs);
         each(&mut out, &self.deployments);
         each(&mut out, &self.ingresses);
+        each(&mut out, &self.network_policies);
         out
     }
 }
@@ -236,6 +259,7 @@ pub fn build(cs: &ChatSystem, observed: &Observed, defaults: &Defaults) -> Desir
     let (credentials, connections, config_map) = config::objects(&ctx);
     desired.config_hash = config::hash(&connections, &config_map, &observed.external_digests);
     desired.secrets = vec![credentials, connections];
+    desired.secrets.extend(tls::secrets(&ctx));
     desired.config_maps = vec![config_map];
 
     for infra in Infra::ALL {
@@ -268,6 +292,7 @@ pub fn build(cs: &ChatSystem, observed: &Observed, defaults: &Defaults) -> Desir
 
     desired.services.push(gateway::public_service(&ctx));
     desired.ingresses.extend(gateway::ingress(&ctx));
+    desired.network_policies = network::policies(&ctx);
     desired
 }
 
@@ -278,6 +303,7 @@ struct Ctx<'a> {
     name: String,
     namespace: Option<String>,
     image: String,
+    internal_tls: bool,
     observed: &'a Observed,
 }
 
@@ -291,6 +317,7 @@ impl<'a> Ctx<'a> {
             name: cs.name_any(),
             namespace: cs.namespace(),
             image: format!("{}:{}", image.repository, tag),
+            internal_tls: cs.spec.internal_tls.mode != crate::crd::InternalTlsMode::Disabled,
             observed,
         }
     }

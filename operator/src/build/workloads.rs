@@ -76,7 +76,20 @@ pub(super) fn headless_service(ctx: &Ctx, component: Component) -> Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(ctx.selector(component.name())),
-            ports: Some(ports(component).into_iter().map(|(name, p)| port(name, p)).collect()),
+            ports: Some(
+                ports(component)
+                    .into_iter()
+                    .map(|(name, p)| {
+                        let mut port = port(name, p);
+                        // A mesh's proxy must pass chatmesh's own TLS through untouched, not
+                        // parse it as gRPC (Istio picks the protocol from this, else the name).
+                        if name == "grpc" && ctx.internal_tls {
+                            port.app_protocol = Some("tls".into());
+                        }
+                        port
+                    })
+                    .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -146,6 +159,10 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
         });
         mounts.push(VolumeMount { name: "files".into(), mount_path: FILES_DIR.into(), ..VolumeMount::default() });
     }
+    if let Some((volume, mount)) = super::tls::volume(ctx, component) {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
     let container = Container {
         name: "chatmesh".into(),
         image: Some(image.into()),
@@ -171,6 +188,11 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
         volume_mounts: Some(mounts),
         ..Container::default()
     };
+    // The spec's extras first, so the operator's own (the selector, the config hash) win.
+    let mut pod_labels = spec.pod_labels.clone();
+    pod_labels.extend(ctx.labels(name));
+    let mut pod_annotations = spec.pod_annotations.clone();
+    pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
     // A ReadWriteOnce volume attaches to one node: a rolling update's new pod could wait
     // forever for the old one's volume, so the file service is replaced instead.
     let recreate = component == Component::File
@@ -184,8 +206,8 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
             strategy: recreate.then(|| DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(ctx.labels(name)),
-                    annotations: Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), config_hash.into())])),
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {

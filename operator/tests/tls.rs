@@ -1,0 +1,214 @@
+//! The internal CA and service certificates (`src/tls.rs`): what is made, what is kept, and
+//! when a certificate is renewed, with time passed in. No API server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chatmesh_operator::build::Component;
+use chatmesh_operator::reconcile::requeue_after;
+use chatmesh_operator::tls::{self, KeyedCert, TlsError};
+use time::OffsetDateTime;
+use x509_parser::pem::Pem;
+
+const DAY: Duration = Duration::from_secs(86400);
+
+fn parse(pem: &str) -> Vec<u8> {
+    Pem::iter_from_buffer(pem.as_bytes()).next().unwrap().unwrap().contents
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+}
+
+fn ca_data(ca: &KeyedCert) -> BTreeMap<String, Vec<u8>> {
+    BTreeMap::from([
+        ("tls.crt".to_string(), ca.cert_pem.clone().into_bytes()),
+        ("tls.key".to_string(), ca.key_pem.clone().into_bytes()),
+    ])
+}
+
+/// Asserts `cert` is signed by `ca` and names `component` of demo in chat.
+fn assert_service_cert(cert: &KeyedCert, ca: &KeyedCert, component: Component) {
+    let der = parse(&cert.cert_pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let ca_der = parse(&ca.cert_pem);
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    cert.verify_signature(Some(ca.public_key())).expect("signed by the CA");
+    assert!(!cert.is_ca());
+    let svc = component.name();
+    let mut want = vec![
+        format!("demo-{svc}"),
+        format!("demo-{svc}.chat"),
+        format!("demo-{svc}.chat.svc"),
+        format!("demo-{svc}.chat.svc.cluster.local"),
+        format!("spiffe://chatmesh.io/service/{svc}"),
+    ];
+    want.sort();
+    assert_eq!(tls::names(&cert), want);
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth, "{svc}: usable as client and server");
+}
+
+#[test]
+fn a_first_pass_makes_a_ca_and_a_certificate_per_service() {
+    let made = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap();
+    assert!(made.created_ca);
+    assert_eq!(made.issued.len(), 7);
+    assert!(made.issued.iter().all(|(_, why)| *why == "missing"));
+    let m = &made.material;
+    assert_eq!(m.trusted_pem, m.ca.cert_pem);
+    assert_eq!(m.services.len(), 7);
+    for (component, cert) in &m.services {
+        assert_service_cert(cert, &m.ca, *component);
+    }
+    // ECDSA P-256 keys, PKCS#8.
+    assert!(m.services[&Component::User].key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    let der = parse(&m.ca.cert_pem);
+    let (_, ca) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert!(ca.is_ca());
+    assert_eq!(ca.public_key().algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1");
+    let ca_years = (ca.validity().not_after.to_datetime() - now()).whole_days() / 365;
+    assert_eq!(ca_years, 10);
+    // Renewal is due when a third of the lifetime is left.
+    let user = &m.services[&Component::User];
+    let der = parse(&user.cert_pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(cert.validity().not_after.to_datetime(), now() + 90 * DAY);
+    assert!(cert.validity().not_before.to_datetime() < now(), "backdated for clock skew");
+    assert_eq!(made.next_renewal, now() + 60 * DAY);
+}
+
+#[test]
+fn good_certificates_are_kept_and_due_ones_renewed_under_the_same_ca() {
+    let first = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let ca = ca_data(&first.ca);
+
+    // A day later nothing changes.
+    let again = tls::ensure("demo", "chat", Some(("demo-internal-ca", &ca)), &first.services, 90 * DAY, now() + DAY);
+    let again = again.unwrap();
+    assert!(!again.created_ca);
+    assert!(again.issued.is_empty());
+    assert_eq!(again.material.ca, first.ca);
+    assert_eq!(again.material.services, first.services);
+
+    // Just before the renewal point: kept. Just after: all renewed, CA unchanged.
+    let before = now() + 60 * DAY - Duration::from_secs(1);
+    let kept = tls::ensure("demo", "chat", Some(("demo-internal-ca", &ca)), &first.services, 90 * DAY, before).unwrap();
+    assert!(kept.issued.is_empty());
+    let after = now() + 60 * DAY + Duration::from_secs(1);
+    let renewed =
+        tls::ensure("demo", "chat", Some(("demo-internal-ca", &ca)), &first.services, 90 * DAY, after).unwrap();
+    assert_eq!(renewed.issued.len(), 7);
+    assert!(renewed.issued.iter().all(|(_, why)| *why == "expiring"));
+    assert_eq!(renewed.material.ca, first.ca);
+    for (component, cert) in &renewed.material.services {
+        assert_ne!(cert, &first.services[component]);
+        assert_service_cert(cert, &first.ca, *component);
+    }
+    assert_eq!(renewed.next_renewal, after + 60 * DAY);
+}
+
+#[test]
+fn bad_certificates_are_replaced() {
+    let first = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let ca = ca_data(&first.ca);
+    let other = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+
+    let mut current = first.services.clone();
+    // Signed by another CA; a key that is not the certificate's; garbage; a certificate of
+    // another service; missing.
+    current.insert(Component::User, other.services[&Component::User].clone());
+    current.get_mut(&Component::File).unwrap().key_pem = first.services[&Component::Friend].key_pem.clone();
+    current.get_mut(&Component::Message).unwrap().cert_pem = "not a certificate".into();
+    current.insert(Component::Speech, first.services[&Component::Gateway].clone());
+    current.remove(&Component::Transmit);
+    let fixed = tls::ensure("demo", "chat", Some(("demo-internal-ca", &ca)), &current, 90 * DAY, now()).unwrap();
+    let reasons: BTreeMap<Component, &str> = fixed.issued.iter().copied().collect();
+    assert_eq!(
+        reasons,
+        BTreeMap::from([
+            (Component::User, "other CA"),
+            (Component::File, "key mismatch"),
+            (Component::Message, "unreadable"),
+            (Component::Speech, "names changed"),
+            (Component::Transmit, "missing"),
+        ])
+    );
+    for (component, cert) in &fixed.material.services {
+        assert_service_cert(cert, &first.ca, *component);
+    }
+
+    // A shorter lifetime replaces certificates that would outlive a new one.
+    let shorter = tls::ensure("demo", "chat", Some(("demo-internal-ca", &ca)), &first.services, DAY, now()).unwrap();
+    assert_eq!(shorter.issued.len(), 7);
+    assert!(shorter.issued.iter().all(|(_, why)| *why == "lifetime shortened"));
+}
+
+#[test]
+fn an_unusable_ca_is_an_error_never_a_new_ca() {
+    let first = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let other = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let cases: Vec<(&str, BTreeMap<String, Vec<u8>>)> = vec![
+        ("no key tls.key", BTreeMap::from([("tls.crt".into(), first.ca.cert_pem.clone().into_bytes())])),
+        ("tls.key is not the key of tls.crt", {
+            let mut d = ca_data(&first.ca);
+            d.insert("tls.key".into(), other.ca.key_pem.clone().into_bytes());
+            d
+        }),
+        ("not a CA certificate", {
+            let leaf = &first.services[&Component::User];
+            ca_data(leaf)
+        }),
+        ("ca.crt does not contain tls.crt", {
+            let mut d = ca_data(&first.ca);
+            d.insert("ca.crt".into(), other.ca.cert_pem.clone().into_bytes());
+            d
+        }),
+        ("holds no PEM certificate", {
+            let mut d = ca_data(&first.ca);
+            d.insert("tls.crt".into(), b"junk".to_vec());
+            d
+        }),
+    ];
+    for (want, data) in cases {
+        let err = tls::ensure("demo", "chat", Some(("demo-internal-ca", &data)), &first.services, 90 * DAY, now())
+            .unwrap_err();
+        assert!(matches!(err, TlsError::BadCa { .. }), "{want}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(want) && text.contains("demo-internal-ca"), "{want}: {text}");
+    }
+}
+
+#[test]
+fn several_trusted_cas_are_kept_for_a_rollover() {
+    let first = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let next = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let mut data = ca_data(&first.ca);
+    let bundle = format!("{}{}", first.ca.cert_pem, next.ca.cert_pem);
+    data.insert("ca.crt".into(), bundle.clone().into_bytes());
+    let kept =
+        tls::ensure("demo", "chat", Some(("demo-internal-ca", &data)), &first.services, 90 * DAY, now()).unwrap();
+    assert_eq!(kept.material.trusted_pem, bundle);
+    assert!(kept.issued.is_empty());
+}
+
+#[test]
+fn lifetimes_parse_within_bounds() {
+    assert_eq!(tls::parse_lifetime(None), Ok(90 * DAY));
+    assert_eq!(tls::parse_lifetime(Some("30d")), Ok(30 * DAY));
+    assert_eq!(tls::parse_lifetime(Some("12h")), Ok(Duration::from_secs(12 * 3600)));
+    assert_eq!(tls::parse_lifetime(Some("15s")), Ok(Duration::from_secs(15)));
+    assert_eq!(tls::parse_lifetime(Some("3650d")), Ok(3650 * DAY));
+    for bad in ["9s", "3651d", "99999999d", "d", "10", "1w", "-5d", ""] {
+        assert!(tls::parse_lifetime(Some(bad)).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_next_pass_comes_in_time_for_the_renewal() {
+    let resync = Duration::from_secs(300);
+    assert_eq!(requeue_after(resync, None, now()), resync);
+    assert_eq!(requeue_after(resync, Some(now() + DAY), now()), resync);
+    assert_eq!(requeue_after(resync, Some(now() + Duration::from_secs(40)), now()), Duration::from_secs(40));
+    assert_eq!(requeue_after(resync, Some(now() - DAY), now()), Duration::from_secs(1));
+}
