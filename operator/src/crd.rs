@@ -178,10 +178,12 @@ pub struct ComponentSpec {
     pub env: Vec<EnvVar>,
     /// Extra annotations of the pods, e.g. `linkerd.io/inject: enabled` to add a mesh's proxy.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotations_schema")]
     pub pod_annotations: BTreeMap<String, String>,
     /// Extra labels of the pods, e.g. `sidecar.istio.io/inject: "true"`. The operator's own
     /// `app.kubernetes.io/*` labels select the pods and cannot be set here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "labels_schema")]
     pub pod_labels: BTreeMap<String, String>,
 }
 
@@ -633,6 +635,31 @@ pub enum MigrationState {
     Running,
     Succeeded,
     Failed,
+}
+
+/// A label or annotation key as Kubernetes takes it: an optional DNS-subdomain prefix and `/`,
+/// then a name of at most 63 characters (no backslash: it goes into a CEL string).
+const KEY_RULE: &str = "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+
+/// Pod labels: keys and values checked as the API server would check them on the pods, so a
+/// bad one is refused with the ChatSystem instead of failing a Deployment mid-pass.
+fn labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 63, "pattern": "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"},
+        "x-kubernetes-validations": [{"rule": KEY_RULE, "message": "label keys must be [prefix/]name: a DNS subdomain and up to 63 letters, digits, '-', '_' or '.'"}],
+    })
+}
+
+/// Pod annotations: keys checked as for labels; values are free text (64 KiB each).
+fn annotations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 65536},
+        "x-kubernetes-validations": [{"rule": KEY_RULE, "message": "annotation keys must be [prefix/]name: a DNS subdomain and up to 63 letters, digits, '-', '_' or '.'"}],
+    })
 }
 
 /// The schema of an embedded Kubernetes type without its (long) field descriptions: the

@@ -558,6 +558,16 @@ async fn invalid_specs_are_refused_by_the_api_server() {
             "podAnnotations cannot set chatmesh.io/config-hash",
         ),
         (json!({"networkPolicy": {"enabled": "yes"}}), "spec.networkPolicy.enabled: Invalid value"),
+        (json!({"services": {"user": {"podLabels": {"bad key!": "x"}}}}), "label keys must be [prefix/]name"),
+        (
+            json!({"services": {"user": {"podLabels": {"team": "not a value"}}}}),
+            "spec.services.user.podLabels.team in body should match",
+        ),
+        (json!({"services": {"user": {"podLabels": {"team": "x".repeat(64)}}}}), "may not be more than 63"),
+        (
+            json!({"services": {"user": {"podAnnotations": {"Bad_Prefix/x": "x"}}}}),
+            "annotation keys must be [prefix/]name",
+        ),
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let cs: DynamicObject = serde_json::from_value(json!({"apiVersion": "chatmesh.io/v1alpha1",
@@ -707,7 +717,10 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
 
 #[tokio::test]
 async fn network_policies_guard_every_port() {
-    let Some(h) = Harness::new("netpol", json!({})).await else { return };
+    // Accepted label and annotation shapes (a prefixed key, an empty value).
+    let spec = json!({"services": {"user": {"podLabels": {"sidecar.istio.io/inject": "true", "team": ""},
+        "podAnnotations": {"linkerd.io/inject": "enabled", "note": "free text, any length"}}}});
+    let Some(h) = Harness::new("netpol", spec).await else { return };
     h.reconcile().await;
     let mut names: Vec<String> = SERVICES.iter().map(|s| format!("demo-{s}")).collect();
     names.extend(
