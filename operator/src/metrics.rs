@@ -15,6 +15,7 @@ use crate::Error;
 const RECONCILES: &str = "chatmesh_operator_reconciles_total";
 const ERRORS: &str = "chatmesh_operator_reconcile_errors_total";
 const DURATION: &str = "chatmesh_operator_reconcile_duration_seconds";
+const CERTIFICATES: &str = "chatmesh_operator_certificates_issued_total";
 
 /// The process-wide recorder; every call returns the same handle.
 pub fn handle() -> &'static PrometheusHandle {
@@ -40,6 +41,12 @@ pub fn reconciled(duration: Duration, result: Result<(), &Error>) {
     if let Err(err) = result {
         metrics::counter!(ERRORS, "error" => err.metric_label()).increment(1);
     }
+}
+
+/// Records a service certificate issued by the internal CA, by why (`missing`, `expiring`, ...:
+/// a short fixed set).
+pub fn certificate_issued(reason: &'static str) {
+    metrics::counter!(CERTIFICATES, "reason" => reason).increment(1);
 }
 
 /// Set once the operator has reached the API server and found its CRD.

@@ -217,6 +217,7 @@ async fn ensure_tls(
         tracing::info!(chatsystem = %name, namespace = %ns, secret = %ca_name, "made the internal CA");
     }
     for (component, reason) in &ensured.issued {
+        crate::metrics::certificate_issued(reason);
         tracing::info!(chatsystem = %name, namespace = %ns, service = component.name(), reason, "issued a service certificate");
     }
     let mut material = ensured.material;

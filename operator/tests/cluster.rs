@@ -644,9 +644,11 @@ fn check_cert(cert_pem: &str, ca_pem: &str, ns: &str, svc: &str) -> time::Offset
 
 #[tokio::test]
 async fn internal_ca_and_certificates_are_kept_and_rotated() {
-    // A short lifetime: renewal is due 20 s after issue (a third, 10 s, left).
-    let spec = json!({"internalTls": {"certificateLifetime": "30s"}});
+    // A short lifetime: renewal is due 30 s after issue (a third, 15 s, left), room enough for
+    // the passes before it on a busy machine.
+    let spec = json!({"internalTls": {"certificateLifetime": "45s"}});
     let Some(h) = Harness::new("tls", spec).await else { return };
+    let metrics = chatmesh_operator::metrics::handle();
     h.ready().await;
     let ca = tls_files(&h, "demo-internal-ca").await;
     assert_eq!(ca.0, ca.2, "the CA trusts itself");
@@ -677,7 +679,7 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
         assert_eq!(tls_files(&h, &format!("demo-{svc}-tls")).await, first[svc], "{svc} renewed too early");
     }
 
-    // Past the renewal point (10 s before expiry): new certificates, the same CA, no pod roll.
+    // Past the renewal point (15 s before expiry): new certificates, the same CA, no pod roll.
     let hashes: Vec<String> = {
         let mut v = vec![];
         for svc in SERVICES {
@@ -685,7 +687,7 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
         }
         v
     };
-    let due = expiry.unwrap() - Duration::from_secs(10) + Duration::from_millis(500);
+    let due = expiry.unwrap() - Duration::from_secs(15) + Duration::from_millis(500);
     let wait = (due - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
     tokio::time::sleep(wait).await;
     h.reconcile().await;
@@ -699,6 +701,9 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
         let d = h.get::<Deployment>(&format!("demo-{svc}")).await.unwrap();
         assert_eq!(config_hash(&d), hashes[i], "{svc}: a renewal must not restart the pods");
     }
+
+    let rendered = metrics.render();
+    assert!(rendered.contains(r#"chatmesh_operator_certificates_issued_total{reason="expiring"}"#), "{rendered}");
 
     // The CA is found by name: one that lost its labels is adopted, not replaced.
     let patch = Patch::Merge(json!({"metadata": {"labels": null}}));
