@@ -814,6 +814,35 @@ fn the_call_table_is_the_issues() {
     assert!(build::callers(Component::Gateway).is_empty(), "nothing calls the gateway over gRPC");
 }
 
+/// The policies' call table is the services' authorization table seen per port: every
+/// (caller, service) pair an RPC allows has its port open, and no other.
+#[test]
+fn the_call_table_matches_the_services_authorization() {
+    use std::collections::BTreeSet;
+    let service_of = |path: &str| match path.split('/').nth(1).unwrap() {
+        "bite_im.UserService" => "user",
+        "bite_im.FileService" => "file",
+        "bite_im.FriendService" => "friend",
+        "bite_im.MsgTransmitService" => "transmit",
+        "bite_im.MsgStorageService" => "message",
+        "bite_im.SpeechService" => "speech",
+        other => panic!("an RPC of an unknown service: {other}"),
+    };
+    let mut authorized = BTreeSet::new();
+    for (path, callers) in chatmesh_common::mesh::authz::TABLE {
+        for caller in *callers {
+            authorized.insert((caller.name(), service_of(path)));
+        }
+    }
+    let mut opened = BTreeSet::new();
+    for (caller, callees) in build::CALLS {
+        for callee in callees {
+            opened.insert((caller.name(), callee.name()));
+        }
+    }
+    assert_eq!(opened, authorized);
+}
+
 #[test]
 fn pod_annotations_and_labels_reach_the_pods() {
     let cs = with_spec(
