@@ -212,3 +212,76 @@ fn the_next_pass_comes_in_time_for_the_renewal() {
     assert_eq!(requeue_after(resync, Some(now() + Duration::from_secs(40)), now()), Duration::from_secs(40));
     assert_eq!(requeue_after(resync, Some(now() - DAY), now()), Duration::from_secs(1));
 }
+
+/// The services' own TLS loader (chatmesh-common's `MeshTls`) takes the operator's files as
+/// mounted, names the right service, and its server accepts a peer service's certificate for
+/// any of the headless Service's names, and nothing else.
+#[tokio::test]
+async fn the_services_accept_the_operators_certificates() {
+    use chatmesh_common::mesh::Service;
+    use chatmesh_common::mesh::tls::{MeshTls, TlsFiles};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Arc;
+
+    chatmesh_operator::install_tls_provider();
+    let made = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, OffsetDateTime::now_utc()).unwrap();
+    let m = made.material;
+    let stranger = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, OffsetDateTime::now_utc());
+    let stranger = stranger.unwrap().material;
+
+    // The Secret's three keys as files, the way the pod sees them.
+    let dir = std::env::temp_dir().join(format!("optls-{}", std::process::id()));
+    let mut loaded = BTreeMap::new();
+    for (component, cert) in &m.services {
+        let sub = dir.join(component.name());
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("tls.crt"), &cert.cert_pem).unwrap();
+        std::fs::write(sub.join("tls.key"), &cert.key_pem).unwrap();
+        std::fs::write(sub.join("ca.crt"), &m.trusted_pem).unwrap();
+        let files = TlsFiles { cert: sub.join("tls.crt"), key: sub.join("tls.key"), ca: sub.join("ca.crt") };
+        let tls = MeshTls::load(files, Duration::from_secs(3600)).unwrap_or_else(|e| panic!("{component:?}: {e}"));
+        assert_eq!(tls.current().identity, [Service::from_name(component.name()).unwrap()]);
+        loaded.insert(*component, tls);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A client as the gateway (or a stranger), a server as the user service, in memory.
+    let handshake = |client_cert: &KeyedCert, name: &str| -> Result<Vec<u8>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(m.trusted_pem.as_bytes()).unwrap()).unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(client_cert.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(client_cert.key_pem.as_bytes()).unwrap();
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key);
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config.unwrap()), name).unwrap();
+        let mut server = rustls::ServerConnection::new(loaded[&Component::User].current().server.clone()).unwrap();
+        for _ in 0..10 {
+            let mut bytes = vec![];
+            while client.wants_write() {
+                client.write_tls(&mut bytes).unwrap();
+            }
+            server.read_tls(&mut &bytes[..]).unwrap();
+            server.process_new_packets().map_err(|e| format!("server: {e}"))?;
+            let mut bytes = vec![];
+            while server.wants_write() {
+                server.write_tls(&mut bytes).unwrap();
+            }
+            client.read_tls(&mut &bytes[..]).unwrap();
+            client.process_new_packets().map_err(|e| format!("client: {e}"))?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(server.peer_certificates().unwrap()[0].to_vec());
+            }
+        }
+        Err("no handshake".into())
+    };
+    let gateway = &m.services[&Component::Gateway];
+    for name in ["demo-user", "demo-user.chat", "demo-user.chat.svc", "demo-user.chat.svc.cluster.local"] {
+        let peer = handshake(gateway, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(peer, parse(&gateway.cert_pem), "the server sees the gateway's certificate");
+    }
+    let wrong = handshake(gateway, "demo-file").unwrap_err();
+    assert!(wrong.starts_with("client:") && wrong.contains("not valid for name"), "another service's name: {wrong}");
+    let refused = handshake(&stranger.services[&Component::Gateway], "demo-user").unwrap_err();
+    assert!(refused.starts_with("server: invalid peer certificate"), "a certificate of another CA: {refused}");
+}
