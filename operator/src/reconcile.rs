@@ -72,8 +72,14 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
     let existing = Existing::read(&ctx.client, &ns, &name).await?;
     let lookups = read_external(&ctx.client, &ns, &cs.spec).await?;
 
+    let provided = read_provided_tls(&ctx.client, &ns, &cs.spec).await?;
+
     // Validate.
-    let external_digests = match validate::validate(&cs.spec, &lookups) {
+    let valid = validate::validate(&cs.spec, &lookups).and_then(|digests| {
+        let problems = validate::validate_provided(&cs.spec, &name, &provided, time::OffsetDateTime::now_utc());
+        if problems.is_empty() { Ok(digests) } else { Err(problems) }
+    });
+    let external_digests = match valid {
         Ok(digests) => digests,
         Err(problems) => {
             tracing::info!(chatsystem = %name, namespace = %ns, ?problems, "spec cannot be acted on");
@@ -367,6 +373,34 @@ async fn read_external(
         lookups.insert((r.secret, r.key), found);
     }
     Ok(lookups)
+}
+
+/// Mode secret: each service's certificate, key and CA bundle from the user's Secrets (where
+/// all three keys exist; missing ones are reported by validation).
+async fn read_provided_tls(
+    client: &Client,
+    ns: &str,
+    spec: &crate::crd::ChatSystemSpec,
+) -> Result<validate::ProvidedFiles, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut secrets: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    let mut files = BTreeMap::new();
+    for component in Component::ALL {
+        let Some(source) = build::provided(spec, component) else { continue };
+        if !secrets.contains_key(&source.secret) {
+            let secret = api
+                .get_opt(&source.secret)
+                .await
+                .map_err(|source_err| Error::Read { what: format!("Secret {}", source.secret), source: source_err })?;
+            secrets.insert(source.secret.clone(), secret);
+        }
+        let data = secrets[&source.secret].as_ref().and_then(|s| s.data.as_ref());
+        let text = |key: &str| data.and_then(|d| d.get(key)).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+        if let (Some(cert), Some(key), Some(ca)) = (text(&source.cert), text(&source.key), text(&source.ca)) {
+            files.insert(component, (cert, key, ca));
+        }
+    }
+    Ok(files)
 }
 
 /// `existing` plus a fresh random password for every needed key it lacks; also returns the

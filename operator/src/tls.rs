@@ -257,6 +257,48 @@ pub fn renewal_reason(
     None
 }
 
+/// Mode secret: why certificates a user provides for `component` would not work, or Ok. The
+/// services would refuse them at start (or their peers would refuse the calls), so they are
+/// checked before anything is applied: the certificate and key match, the certificate names
+/// the service (its SPIFFE ID, and `<name>-<service>`, the host its callers dial), is signed by
+/// a CA in `ca.crt` and has not expired.
+pub fn check_provided(
+    cert_pem: &str,
+    key_pem: &str,
+    trusted_pem: &str,
+    name: &str,
+    component: Component,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    let der = first_der(cert_pem).ok_or("the certificate holds no PEM certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("the certificate: {e}"))?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the key: {e}"))?;
+    if key.subject_public_key_info() != cert.public_key().raw {
+        return Err("the key is not the certificate's".into());
+    }
+    let names = names(&cert);
+    for want in [spiffe_id(component), format!("{name}-{}", component.name())] {
+        if !names.contains(&want) {
+            return Err(format!("the certificate does not name {want} (it names {names:?})"));
+        }
+    }
+    let cas = pem_ders(trusted_pem);
+    if cas.is_empty() {
+        return Err("ca.crt holds no PEM certificate".into());
+    }
+    let signed = cas.iter().any(|ca| {
+        x509_parser::parse_x509_certificate(ca)
+            .is_ok_and(|(_, ca)| cert.verify_signature(Some(ca.public_key())).is_ok())
+    });
+    if !signed {
+        return Err("the certificate is not signed by a CA in ca.crt".into());
+    }
+    if expiry(&cert) <= now {
+        return Err(format!("the certificate expired at {}", expiry(&cert)));
+    }
+    Ok(())
+}
+
 /// When a certificate issued for `lifetime` is due: a third of `lifetime` before it expires.
 pub fn renewal_due(cert: &KeyedCert, lifetime: Duration) -> Option<OffsetDateTime> {
     let der = first_der(&cert.cert_pem)?;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::build::{ExternalRef, digest, external_refs, tls_refs};
+use crate::build::{Component, ExternalRef, digest, external_refs, provided, tls_refs};
 use crate::crd::{ChatSystemSpec, InternalTlsMode};
 
 /// What the read step found for one referenced Secret key.
@@ -58,4 +58,26 @@ pub fn lookup(secret: Option<&k8s_openapi::api::core::v1::Secret>, key: &str) ->
         Some(value) => SecretLookup::Found(digest(value)),
         None => SecretLookup::NoKey,
     }
+}
+
+/// Mode secret: the user's certificates as the read step found them, per service: (`tls.crt`,
+/// `tls.key`, `ca.crt`) as text; missing keys are `validate`'s to report.
+pub type ProvidedFiles = BTreeMap<Component, (String, String, String)>;
+
+/// One message per service whose provided certificate would not work (field and Secret named).
+pub fn validate_provided(
+    spec: &ChatSystemSpec,
+    name: &str,
+    files: &ProvidedFiles,
+    now: time::OffsetDateTime,
+) -> Vec<String> {
+    let mut problems = vec![];
+    for (component, (cert, key, ca)) in files {
+        let Some(source) = provided(spec, *component) else { continue };
+        if let Err(why) = crate::tls::check_provided(cert, key, ca, name, *component, now) {
+            let what = format!("{}, {} and {}", source.cert, source.key, source.ca);
+            problems.push(format!("{}: Secret {:?} ({what}): {why}", source.field, source.secret));
+        }
+    }
+    problems
 }

@@ -651,6 +651,23 @@ fn secret_tls_mounts_the_users_secrets() {
         [r#"spec.internalTls.secret.name: Secret "mesh-certs" has no key "speech.key""#]
     );
 
+    // The certificates' content too: each must work for its service.
+    let m = material();
+    let mut files = BTreeMap::new();
+    for (component, cert) in &m.services {
+        files.insert(*component, (cert.cert_pem.clone(), cert.key_pem.clone(), m.trusted_pem.clone()));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    assert!(validate::validate_provided(&cs.spec, "demo", &files, now).is_empty());
+    let gateway = files[&Component::Gateway].clone();
+    files.insert(Component::Speech, gateway);
+    assert_eq!(
+        validate::validate_provided(&cs.spec, "demo", &files, now),
+        [
+            r#"spec.internalTls.secret.name: Secret "mesh-certs" (speech.crt, speech.key and ca.crt): the certificate does not name spiffe://chatmesh.io/service/speech (it names ["demo-gateway", "demo-gateway.chat", "demo-gateway.chat.svc", "demo-gateway.chat.svc.cluster.local", "spiffe://chatmesh.io/service/gateway"])"#
+        ]
+    );
+
     // One Secret per service (e.g. cert-manager's): standard keys.
     let services: serde_json::Map<String, serde_json::Value> =
         Component::ALL.iter().map(|c| (c.name().to_string(), format!("{}-cert", c.name()).into())).collect();

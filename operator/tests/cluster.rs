@@ -796,9 +796,25 @@ async fn secret_and_disabled_tls_modes_make_no_ca() {
         data.insert(format!("{}.crt", component.name()), cert.cert_pem.clone());
         data.insert(format!("{}.key", component.name()), cert.key_pem.clone());
     }
+    // First with the gateway's certificate in user's place: refused before anything is applied.
+    let mut swapped = data.clone();
+    swapped.insert("user.crt".into(), data["gateway.crt"].clone());
+    swapped.insert("user.key".into(), data["gateway.key"].clone());
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "mesh-certs"}, "stringData": swapped})).unwrap();
+    h.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    let cs = h.reconcile().await;
+    let message = status::condition(cs.status.as_ref(), status::DEGRADED).unwrap().message.clone();
+    assert!(
+        message.contains(
+            "(user.crt, user.key and ca.crt): the certificate does not name spiffe://chatmesh.io/service/user"
+        ),
+        "{message}"
+    );
+    assert_eq!(h.names::<Secret>().await, ["mesh-certs"]);
     let secret: Secret =
         serde_json::from_value(json!({"metadata": {"name": "mesh-certs"}, "stringData": data})).unwrap();
-    h.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    h.api::<Secret>().replace("mesh-certs", &PostParams::default(), &secret).await.unwrap();
     h.ready().await;
     assert_eq!(h.names::<Secret>().await, ["demo-connections", "demo-credentials", "mesh-certs"], "no CA made");
     let d = h.get::<Deployment>("demo-user").await.unwrap();

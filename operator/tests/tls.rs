@@ -285,3 +285,40 @@ async fn the_services_accept_the_operators_certificates() {
     let refused = handshake(&stranger.services[&Component::Gateway], "demo-user").unwrap_err();
     assert!(refused.starts_with("server: invalid peer certificate"), "a certificate of another CA: {refused}");
 }
+
+#[test]
+fn provided_certificates_are_checked_before_use() {
+    let m = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let other = tls::ensure("demo", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let user = &m.services[&Component::User];
+    let check = |cert: &str, key: &str, ca: &str, at: OffsetDateTime| {
+        tls::check_provided(cert, key, ca, "demo", Component::User, at)
+    };
+    assert_eq!(check(&user.cert_pem, &user.key_pem, &m.trusted_pem, now()), Ok(()));
+    // Any CA of a bundle may have signed it (a rollover in progress).
+    let bundle = format!("{}{}", other.trusted_pem, m.trusted_pem);
+    assert_eq!(check(&user.cert_pem, &user.key_pem, &bundle, now()), Ok(()));
+
+    let gateway = &m.services[&Component::Gateway];
+    let cases = [
+        (check(&user.cert_pem, &gateway.key_pem, &m.trusted_pem, now()), "the key is not the certificate's"),
+        (
+            check(&gateway.cert_pem, &gateway.key_pem, &m.trusted_pem, now()),
+            "does not name spiffe://chatmesh.io/service/user",
+        ),
+        (check(&user.cert_pem, &user.key_pem, &other.trusted_pem, now()), "not signed by a CA in ca.crt"),
+        (check(&user.cert_pem, &user.key_pem, "", now()), "ca.crt holds no PEM certificate"),
+        (check("junk", &user.key_pem, &m.trusted_pem, now()), "holds no PEM certificate"),
+        (check(&user.cert_pem, "junk", &m.trusted_pem, now()), "the key:"),
+        (check(&user.cert_pem, &user.key_pem, &m.trusted_pem, now() + 91 * DAY), "the certificate expired"),
+    ];
+    for (result, want) in cases {
+        let err = result.unwrap_err();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // Made for another ChatSystem: its callers would dial a name it lacks.
+    let named_other = tls::ensure("prod", "chat", None, &BTreeMap::new(), 90 * DAY, now()).unwrap().material;
+    let theirs = &named_other.services[&Component::User];
+    let err = check(&theirs.cert_pem, &theirs.key_pem, &named_other.trusted_pem, now()).unwrap_err();
+    assert!(err.contains("does not name demo-user"), "{err}");
+}

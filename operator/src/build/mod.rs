@@ -23,7 +23,7 @@ use crate::crd::{ChatSystem, ChatSystemSpec, Dependency, ExternalSpec, ManagedSp
 pub use config::{CONNECTIONS_KEYS, ExternalRef, credential_keys, external_refs};
 pub use gateway::gateway_endpoint;
 pub use network::{CALLS, callers, infra_clients};
-pub use tls::{TLS_DIR, ca_secret_name, service_tls_secret_name, tls_refs};
+pub use tls::{ProvidedTls, TLS_DIR, ca_secret_name, provided, service_tls_secret_name, tls_refs};
 
 /// The one field manager of every server-side apply, and the `managed-by` label value.
 pub const MANAGER: &str = "chatmesh-operator";

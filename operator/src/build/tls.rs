@@ -63,26 +63,17 @@ fn item(key: &str, path: &str) -> KeyToPath {
 /// The Secret volume holding `tls.crt`, `tls.key` and `ca.crt` for `component`, and its mount;
 /// None with internal TLS disabled.
 pub(super) fn volume(ctx: &Ctx, component: Component) -> Option<(Volume, VolumeMount)> {
-    let tls = &ctx.spec.internal_tls;
-    let standard = || Some(vec![item(CA_KEY, CA_KEY), item(CERT_KEY, CERT_KEY), item(KEY_KEY, KEY_KEY)]);
-    let (secret_name, items) = match tls.mode {
+    let (secret_name, items) = match ctx.spec.internal_tls.mode {
         InternalTlsMode::Disabled => return None,
+        // Every key, as files named like the keys.
         InternalTlsMode::Operator => (service_tls_secret_name(&ctx.name, component), None),
         InternalTlsMode::Secret => {
-            let secrets = tls.secret.as_ref()?;
-            match (&secrets.services, &secrets.name) {
-                (Some(per_service), _) => (service_secret(per_service, component).to_string(), standard()),
-                (None, Some(shared)) => {
-                    let svc = component.name();
-                    let items = vec![
-                        item(CA_KEY, CA_KEY),
-                        item(&format!("{svc}.crt"), CERT_KEY),
-                        item(&format!("{svc}.key"), KEY_KEY),
-                    ];
-                    (shared.clone(), Some(items))
-                }
-                (None, None) => return None,
-            }
+            let source = provided(ctx.spec, component)?;
+            let items = [(source.ca, CA_KEY), (source.cert, CERT_KEY), (source.key, KEY_KEY)]
+                .into_iter()
+                .map(|(key, file)| item(&key, file))
+                .collect();
+            (source.secret, Some(items))
         }
     };
     let volume = Volume {
@@ -124,30 +115,48 @@ fn service_secret(secrets: &crate::crd::ServiceSecrets, component: Component) ->
     }
 }
 
+/// Where a service's files are in the user's Secrets (mode secret): the Secret, the spec field
+/// naming it, and the keys holding `ca.crt`, `tls.crt` and `tls.key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvidedTls {
+    pub secret: String,
+    pub field: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Mode secret: where `component`'s files are; None in the other modes.
+pub fn provided(spec: &ChatSystemSpec, component: Component) -> Option<ProvidedTls> {
+    let tls = &spec.internal_tls;
+    let secrets = tls.secret.as_ref().filter(|_| tls.mode == InternalTlsMode::Secret)?;
+    let svc = component.name();
+    match (&secrets.services, &secrets.name) {
+        (Some(per_service), _) => Some(ProvidedTls {
+            secret: service_secret(per_service, component).to_string(),
+            field: format!("spec.internalTls.secret.services.{svc}"),
+            ca: CA_KEY.into(),
+            cert: CERT_KEY.into(),
+            key: KEY_KEY.into(),
+        }),
+        (None, Some(shared)) => Some(ProvidedTls {
+            secret: shared.clone(),
+            field: "spec.internalTls.secret.name".into(),
+            ca: CA_KEY.into(),
+            cert: format!("{svc}.crt"),
+            key: format!("{svc}.key"),
+        }),
+        (None, None) => None,
+    }
+}
+
 /// Mode secret: every key of the user's Secrets that the pods mount, so a missing one is
 /// reported instead of pods stuck waiting for their volume.
 pub fn tls_refs(spec: &ChatSystemSpec) -> Vec<ExternalRef> {
-    let tls = &spec.internal_tls;
-    let Some(secrets) = tls.secret.as_ref().filter(|_| tls.mode == InternalTlsMode::Secret) else { return vec![] };
     let mut refs = vec![];
-    for component in Component::ALL {
-        let (secret, keys) = match (&secrets.services, &secrets.name) {
-            (Some(per_service), _) => (
-                service_secret(per_service, component).to_string(),
-                [CA_KEY.to_string(), CERT_KEY.to_string(), KEY_KEY.to_string()],
-            ),
-            (None, Some(shared)) => {
-                let svc = component.name();
-                (shared.clone(), [CA_KEY.to_string(), format!("{svc}.crt"), format!("{svc}.key")])
-            }
-            (None, None) => continue,
-        };
-        let field = match secrets.services {
-            Some(_) => format!("spec.internalTls.secret.services.{}", component.name()),
-            None => "spec.internalTls.secret.name".to_string(),
-        };
-        for key in keys {
-            refs.push(ExternalRef { secret: secret.clone(), key, field: field.clone() });
+    for source in Component::ALL.into_iter().filter_map(|c| provided(spec, c)) {
+        for key in [&source.ca, &source.cert, &source.key] {
+            refs.push(ExternalRef { secret: source.secret.clone(), key: key.clone(), field: source.field.clone() });
         }
     }
     refs.sort();
