@@ -1,5 +1,6 @@
 //! Checks the API server's schema cannot make: that every Secret key the spec references exists,
-//! and that the certificate lifetime is within bounds.
+//! that the certificate lifetime is within bounds, and that certificates the user provides
+//! (internalTls mode secret) would work.
 //! Pure: the read step looks the keys up, this judges them.
 
 use std::collections::BTreeMap;
