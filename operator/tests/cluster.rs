@@ -672,8 +672,11 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
         assert_eq!(env["CHATMESH_TLS_CA"].as_deref(), Some("/etc/chatmesh/tls/ca.crt"));
     }
 
-    // Another pass, before any renewal is due: the very same CA and certificates.
-    h.reconcile().await;
+    // Another pass, before any renewal is due: the very same CA and certificates, and the next
+    // pass is asked for in time for the renewal (not after the 300 s resync).
+    let action = reconcile::reconcile(Arc::new(h.cs().await), h.ctx.clone()).await.unwrap();
+    let requeue = requeue_secs(&action);
+    assert!(requeue > 0.0 && requeue <= 30.0, "{action:?}");
     assert_eq!(tls_files(&h, "demo-internal-ca").await, ca);
     for svc in SERVICES {
         assert_eq!(tls_files(&h, &format!("demo-{svc}-tls")).await, first[svc], "{svc} renewed too early");
@@ -720,13 +723,29 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
     assert_eq!(tls_files(&h, "demo-internal-ca").await.0, ca.0);
 }
 
+/// The requeue delay of an Action, in seconds (kube keeps the field private; its Debug shows it).
+fn requeue_secs(action: &kube::runtime::controller::Action) -> f64 {
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1).and_then(|t| t.split(')').next()).unwrap_or_else(|| panic!("{text}"));
+    let (number, scale) = if let Some(ms) = inner.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(us) = inner.strip_suffix("µs") {
+        (us, 1e-6)
+    } else {
+        (inner.strip_suffix('s').unwrap_or_else(|| panic!("{text}")), 1.0)
+    };
+    number.parse::<f64>().unwrap_or_else(|_| panic!("{text}")) * scale
+}
+
 #[tokio::test]
 async fn network_policies_guard_every_port() {
     // Accepted label and annotation shapes (a prefixed key, an empty value).
     let spec = json!({"services": {"user": {"podLabels": {"sidecar.istio.io/inject": "true", "team": ""},
         "podAnnotations": {"linkerd.io/inject": "enabled", "note": "free text, any length"}}}});
     let Some(h) = Harness::new("netpol", spec).await else { return };
-    h.reconcile().await;
+    // Certificates of 90 days: nothing due before the regular resync.
+    let action = reconcile::reconcile(Arc::new(h.cs().await), h.ctx.clone()).await.unwrap();
+    assert_eq!(requeue_secs(&action), 300.0);
     let mut names: Vec<String> = SERVICES.iter().map(|s| format!("demo-{s}")).collect();
     names.extend(
         ["demo-default-deny", "demo-elasticsearch", "demo-mysql", "demo-rabbitmq", "demo-redis"].map(String::from),
