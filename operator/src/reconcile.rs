@@ -12,7 +12,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -98,12 +98,12 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
     if !generated.is_empty() {
         tracing::info!(chatsystem = %name, keys = ?generated, "generated credentials");
     }
-    let (internal_tls, next_renewal) = match cs.spec.internal_tls.mode {
+    let (internal_tls, next_renewal, new_ca) = match cs.spec.internal_tls.mode {
         InternalTlsMode::Operator => {
-            let (material, due) = ensure_tls(&ctx.client, &ns, cs, &existing).await?;
-            (Some(material), Some(due))
+            let (material, due, created) = ensure_tls(&ctx.client, &ns, cs, &existing).await?;
+            (Some(material), Some(due), created)
         }
-        InternalTlsMode::Secret | InternalTlsMode::Disabled => (None, None),
+        InternalTlsMode::Secret | InternalTlsMode::Disabled => (None, None, false),
     };
     let observed = Observed {
         credentials,
@@ -113,6 +113,9 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         internal_tls,
     };
     let desired = build::build(cs, &observed, &ctx.defaults);
+    if new_ca {
+        create_ca(ctx, &ns, build::ca_secret_name(&name), &desired).await?;
+    }
 
     // Apply, in order: configuration, volumes, Services, servers, the migration, services.
     let mut changes = vec![];
@@ -187,14 +190,26 @@ pub fn requeue_after(resync: Duration, renewal: Option<time::OffsetDateTime>, no
     until.clamp(Duration::from_secs(1), resync.max(Duration::from_secs(1)))
 }
 
+/// Stores a CA made in this pass with a create, which fails if one appeared since this pass
+/// looked (e.g. made by a second operator replica): an apply would overwrite that CA, and every
+/// certificate signed by it. The next pass then adopts the one that is there.
+async fn create_ca(ctx: &Context, ns: &str, name: String, desired: &Desired) -> Result<(), Error> {
+    let secret = desired.secrets.iter().find(|s| s.name_any() == name).expect("mode operator builds the CA Secret");
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PostParams { field_manager: Some(MANAGER.into()), ..PostParams::default() };
+    api.create(&params, secret).await.map_err(|source| Error::Apply { kind: "Secret", name, source })?;
+    Ok(())
+}
+
 /// Mode operator: the CA (read by name, so an existing one is adopted and never replaced)
-/// and each service's certificate, renewed where due. Returns them and the next renewal.
+/// and each service's certificate, renewed where due. Returns them, the next renewal, and
+/// whether the CA is new.
 async fn ensure_tls(
     client: &Client,
     ns: &str,
     cs: &ChatSystem,
     existing: &Existing,
-) -> Result<(crate::tls::TlsMaterial, time::OffsetDateTime), Error> {
+) -> Result<(crate::tls::TlsMaterial, time::OffsetDateTime, bool), Error> {
     let name = cs.name_any();
     let ca_name = build::ca_secret_name(&name);
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -228,7 +243,7 @@ async fn ensure_tls(
     }
     let mut material = ensured.material;
     material.ca_secret_type = ca_secret.and_then(|s| s.type_);
-    Ok((material, ensured.next_renewal))
+    Ok((material, ensured.next_renewal, ensured.created_ca))
 }
 
 /// Whether condition `type_` has a different status in `new` than in `old`.

@@ -723,6 +723,33 @@ async fn internal_ca_and_certificates_are_kept_and_rotated() {
     assert_eq!(tls_files(&h, "demo-internal-ca").await.0, ca.0);
 }
 
+#[tokio::test]
+async fn an_existing_ca_is_adopted() {
+    let Some(h) = Harness::new("adopt", json!({})).await else { return };
+    // A CA of the user's own, there before the ChatSystem's first pass (an Opaque Secret
+    // without ca.crt): kept as it is, type included, and every certificate signed by it.
+    let ca = chatmesh_operator::tls::new_ca("theirs", "elsewhere", time::OffsetDateTime::now_utc()).unwrap();
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "demo-internal-ca"}, "type": "Opaque",
+        "stringData": {"tls.crt": ca.cert_pem, "tls.key": ca.key_pem}}))
+    .unwrap();
+    h.api::<Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    h.reconcile().await;
+    let stored = h.get::<Secret>("demo-internal-ca").await.unwrap();
+    assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+    let (cert, key, trusted) = tls_files(&h, "demo-internal-ca").await;
+    assert_eq!(
+        (cert.as_str(), key.as_str(), trusted.as_str()),
+        (ca.cert_pem.as_str(), ca.key_pem.as_str(), ca.cert_pem.as_str())
+    );
+    for svc in SERVICES {
+        let files = tls_files(&h, &format!("demo-{svc}-tls")).await;
+        check_cert(&files.0, &ca.cert_pem, &h.ns, svc);
+    }
+    // Now the operator's: labelled and owned, so it goes with the ChatSystem.
+    assert_eq!(stored.labels()[LABEL_MANAGED_BY], MANAGER);
+    assert!(stored.owner_references().iter().any(|o| o.controller == Some(true)));
+}
+
 /// The requeue delay of an Action, in seconds (kube keeps the field private; its Debug shows it).
 fn requeue_secs(action: &kube::runtime::controller::Action) -> f64 {
     let text = format!("{action:?}");
