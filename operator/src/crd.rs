@@ -492,7 +492,7 @@ pub struct InternalTlsSpec {
     #[serde(default)]
     pub mode: InternalTlsMode,
     /// Mode operator: validity of each service certificate, renewed when a third of it is left:
-    /// a number and a unit s, m, h or d, 1h to 3650d [default: 90d].
+    /// a number and a unit s, m, h or d, 10s to 3650d (under an hour only for tests) [default: 90d].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[1-9][0-9]{0,7}(s|m|h|d)$"))]
     pub certificate_lifetime: Option<String>,

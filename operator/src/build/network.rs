@@ -49,7 +49,7 @@ pub fn callers(callee: Component) -> Vec<Component> {
     CALLS.iter().filter(|(_, callees)| callees.contains(&callee)).map(|(caller, _)| *caller).collect()
 }
 
-/// The label every policy selects the metrics namespace by when the spec sets none.
+/// The namespace (by its name label) admitted to the admin port when the spec names none.
 const DEFAULT_METRICS_NAMESPACE: &str = "monitoring";
 
 fn tcp(port: i32) -> NetworkPolicyPort {
