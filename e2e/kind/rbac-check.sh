@@ -67,7 +67,8 @@ EOF
   count_is() { [[ "$(names "$1" | grep -c .)" == "$2" ]]; }
   has() { names "$1" | grep -qx "$2"; }
   lacks() { ! has "$@"; }
-  job() { names jobs | head -n 1; }
+  # Fails while there is none (a pipe would report head's success).
+  job() { names jobs | head -n 1 | grep .; }
   finish_job() {
     local now=2026-01-01T00:00:00Z
     k -n "$APP_NS" patch "$1" --subresource=status --type=merge -p "{\"status\": {\"startTime\": \"$now\",
