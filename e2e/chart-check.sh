@@ -302,7 +302,7 @@ else
     k get namespace "$ns" >/dev/null 2>&1 || k create namespace "$ns" >/dev/null
   done
   k -n "$APP_NS" delete chatsystems --all --wait=false >/dev/null 2>&1 || true
-  k -n "$APP_NS" delete deploy,sts,job,svc,secret,cm,pvc,ingress,events.events.k8s.io \
+  k -n "$APP_NS" delete deploy,sts,job,svc,secret,cm,pvc,ingress,networkpolicy,events.events.k8s.io \
     --all --wait=false >/dev/null 2>&1 || true
   # A claim keeps its pvc-protection finalizer until a controller removes it: none here.
   for pvc in $(k -n "$APP_NS" get pvc -o name 2>/dev/null); do

@@ -139,6 +139,6 @@ EOF
   trap 'rm -rf "$WORK"' EXIT
   # No garbage collector here: remove what the pass made.
   k -n "$APP_NS" delete chatsystem chat --wait=false >/dev/null
-  k -n "$APP_NS" delete deploy,sts,job,svc,secret,cm,pvc,ingress -l "$sel" --wait=false >/dev/null
+  k -n "$APP_NS" delete deploy,sts,job,svc,secret,cm,pvc,ingress,networkpolicy -l "$sel" --wait=false >/dev/null
   k -n "$APP_NS" delete secret chat-redis --wait=false >/dev/null
 }
