@@ -4,7 +4,7 @@
 #
 #   bash e2e/bench.sh standalone     # SQLite, in-process queue, embedded search
 #   bash e2e/bench.sh full           # MariaDB, Redis, RabbitMQ, Elasticsearch (e2e/infra)
-#   bash e2e/bench.sh tls            # standalone latency with internal mTLS off, then on
+#   bash e2e/bench.sh tls            # standalone latency, internal mTLS off and on in alternating rounds (ROUNDS=2)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode="${1:-standalone}"
@@ -15,7 +15,7 @@ idle="${IDLE:-10000}"
 
 ulimit -n 20000 # the machine's ceiling; 10k idle sockets need it on both sides
 cargo build --release --locked -p chatmesh -p chatmesh-e2e --bin chatmesh --bin chatmesh-load >&2
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 dir="$(mktemp -d)"
 args=(--target all --data-dir "$dir" --log warn --http-listen 127.0.0.1:19000 --ws-listen 127.0.0.1:19001
   --admin-listen 127.0.0.1:19100 --user-listen 127.0.0.1:19003 --user-addr http://127.0.0.1:19003
@@ -40,7 +40,7 @@ start() {
   tail -20 "$dir/chatmesh.log" >&2
   exit 1
 }
-trap 'kill $pid 2>/dev/null || { echo "chatmesh died; its log:" >&2; tail -20 "$dir/chatmesh.log" >&2; }; rm -rf "$dir"' EXIT
+trap '[[ -z $pid ]] || kill $pid 2>/dev/null || { echo "chatmesh died; its log:" >&2; tail -20 "$dir/chatmesh.log" >&2; }; rm -rf "$dir"' EXIT
 
 load=("$bin/chatmesh-load" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001)
 echo "== $mode: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -54,7 +54,8 @@ if [[ "$mode" == tls ]]; then
     -out "$dir/tls.csr" 2>/dev/null
   openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
     -extfile <(echo "subjectAltName=$sans") -out "$dir/tls.crt" 2>/dev/null
-  for tls in off on; do
+  # Alternating rounds, so load from elsewhere on the machine falls on both alike.
+  for tls in $(for _ in $(seq "${ROUNDS:-2}"); do echo off on; done); do
     flags=()
     [[ $tls == on ]] && flags=(--tls-cert "$dir/tls.crt" --tls-key "$dir/tls.key" --tls-ca "$dir/ca.crt")
     start "${flags[@]}"
@@ -62,6 +63,7 @@ if [[ "$mode" == tls ]]; then
     "${load[@]}" messages --rate "$rate" --duration "$duration"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
+    pid=
     rm -rf "${dir:?}/files" "$dir/chatmesh.db"*
   done
   exit 0
