@@ -68,7 +68,7 @@ pub struct Stack {
 /// A port nothing listens on. Taken from below the kernel's ephemeral range (where port 0
 /// binds land, so two stacks asking the kernel could be handed the same port between its
 /// release and our bind), counting up from a random start so parallel tests never collide.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: std::sync::OnceLock<AtomicU16> = std::sync::OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU16::new(12000 + (std::process::id() % 400) as u16 * 50));
@@ -239,7 +239,7 @@ impl Stack {
     }
 }
 
-async fn create_database(server_url: &str, name: &str) {
+pub async fn create_database(server_url: &str, name: &str) {
     use sqlx::Connection;
     let mut conn = sqlx::MySqlConnection::connect(server_url).await.expect("connect to MariaDB");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")))

@@ -1,4 +1,4 @@
-//! The one chatmesh binary: `--target gateway|user|friend|file|message|transmit|speech|migrate|all`. Each target is a service
+//! The one chatmesh binary: `--target gateway|user|friend|file|message|transmit|speech|migrate|reindex|all`. Each target is a service
 //! library under `services/`; this crate only parses configuration and wires them together.
 
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatmesh_common::grpc::{self, GrpcChannel};
+use chatmesh_common::health::{Health, Link};
 use chatmesh_common::mesh::Service;
 use chatmesh_common::mesh::tls::{MeshTls, TlsFiles};
 use chatmesh_common::queue::MessageQueue;
@@ -30,6 +31,8 @@ pub enum Target {
     Speech,
     /// Bring the database schema up to date, then exit.
     Migrate,
+    /// Write every stored message and user into the search index again, then exit.
+    Reindex,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -58,8 +61,9 @@ pub struct Cli {
     /// Prefix of the Elasticsearch index names, so systems can share one cluster.
     #[arg(long, env = "CHATMESH_SEARCH_INDEX_PREFIX", default_value = "chatmesh")]
     pub search_index_prefix: String,
-    /// Message queue: `amqp://user:pass@host:5672/%2f` (RabbitMQ) or `memory://` (one process only).
-    #[arg(long, env = "CHATMESH_AMQP_URL", default_value = "memory://", hide_env_values = true)]
+    /// Message queue: `amqp://user:pass@host:5672/%2f` (RabbitMQ), `database://` (a table of the
+    /// database: survives a crash; one consuming process) or `memory://` (in the process, lost with it).
+    #[arg(long, env = "CHATMESH_AMQP_URL", default_value = "database://", hide_env_values = true)]
     pub amqp_url: String,
     /// The durable queue messages travel through to storage.
     #[arg(long, env = "CHATMESH_AMQP_QUEUE", default_value = "chatmesh.messages")]
@@ -73,6 +77,10 @@ pub struct Cli {
     /// Run schema migrations at start (the operator runs them in a Job instead).
     #[arg(long, env = "CHATMESH_AUTO_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_migrate: bool,
+    /// On SIGTERM: stop accepting, then let work in flight finish for at most this long before
+    /// exiting anyway (whatever a broken connection is doing).
+    #[arg(long, env = "CHATMESH_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     /// Login sessions end after this long without use.
     #[arg(long, env = "CHATMESH_SESSION_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
@@ -220,6 +228,10 @@ impl Cli {
 
 /// The backends this process's targets need, each opened once and shared.
 struct Backends {
+    /// Every long-lived connection's state; `/readyz` reads it.
+    health: Health,
+    db_link: Arc<Link>,
+    kv_link: Arc<Link>,
     db: Option<Database>,
     kv: Option<Arc<dyn ExpiringStore>>,
     index: Option<Arc<dyn SearchIndex>>,
@@ -234,7 +246,8 @@ impl Backends {
     async fn open(cli: &Cli) -> anyhow::Result<Self> {
         let any = |ts: &[Target]| ts.iter().any(|t| cli.runs(*t));
         use Target::*;
-        let db = if any(&[User, File, Friend, Message, Transmit, Migrate]) {
+        let health = Health::default();
+        let db = if any(&[User, File, Friend, Message, Transmit, Migrate, Reindex]) {
             std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating {}", cli.data_dir.display()))?;
             let url = cli.database_url();
             let db = Database::connect(&url, cli.database_max_connections)
@@ -257,7 +270,7 @@ impl Backends {
             None
         };
         let index = match &db {
-            Some(db) if any(&[User, Friend, Message]) => Some(
+            Some(db) if any(&[User, Friend, Message, Reindex]) => Some(
                 chatmesh_common::search::open(&cli.search_url, &cli.search_index_prefix, db)
                     .await
                     .context("opening the search index")?,
@@ -265,7 +278,15 @@ impl Backends {
             _ => None,
         };
         let queue = if any(&[Transmit, Message]) {
-            let queue = chatmesh_common::queue::open(&cli.amqp_url, &cli.amqp_queue, cli.publish_timeout).await;
+            let roles = chatmesh_common::queue::Roles { publish: cli.runs(Transmit), consume: cli.runs(Message) };
+            let queue = chatmesh_common::queue::open(
+                &cli.amqp_url,
+                &cli.amqp_queue,
+                cli.publish_timeout,
+                db.as_ref(),
+                &health,
+                roles,
+            );
             Some(queue.context("opening the message queue")?)
         } else {
             None
@@ -275,19 +296,40 @@ impl Backends {
         } else {
             None
         };
-        Ok(Self { db, kv, index, queue, speech, speech_alone: cli.target == [Speech] })
+        let db_link = health.link("database", db.is_some());
+        let kv_link = health.link("session-store", kv.is_some());
+        Ok(Self { health, db_link, kv_link, db, kv, index, queue, speech, speech_alone: cli.target == [Speech] })
     }
 
-    /// Readiness: every backend this process uses answers.
+    /// Probes the database and the session store now and then, with deadlines, so their links
+    /// (readiness, logs, reconnect counts) follow them even when no request does.
+    async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        const PROBE: Duration = Duration::from_secs(2);
+        loop {
+            if let Some(db) = &self.db {
+                let ping = tokio::time::timeout(PROBE, sqlx::query("SELECT 1").execute(&db.pool)).await;
+                let _ = self
+                    .db_link
+                    .track(ping.map_err(|_| "no answer".to_string()).and_then(|r| r.map_err(|e| e.to_string())));
+            }
+            if let Some(kv) = &self.kv {
+                let ping = tokio::time::timeout(PROBE, kv.ping()).await;
+                let _ = self
+                    .kv_link
+                    .track(ping.map_err(|_| "no answer".to_string()).and_then(|r| r.map_err(|e| e.to_string())));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE) => {}
+                _ = chatmesh_common::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// Readiness: every required connection is up. Answers at once, whatever the backends do.
     async fn check(&self) -> Result<(), String> {
-        if let Some(db) = &self.db {
-            sqlx::query("SELECT 1").execute(&db.pool).await.map_err(|e| format!("database: {e}"))?;
-        }
-        if let Some(kv) = &self.kv {
-            kv.ping().await.map_err(|e| format!("session store: {e}"))?;
-        }
+        self.health.check()?;
         if let Some(speech) = self.speech.as_ref().filter(|_| self.speech_alone) {
-            speech.ready().await?;
+            tokio::time::timeout(Duration::from_secs(2), speech.ready()).await.map_err(|_| "speech: no answer")??;
         }
         Ok(())
     }
@@ -300,6 +342,12 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     let backends = Arc::new(Backends::open(&cli).await?);
     if cli.target == [Target::Migrate] {
         tracing::info!("database schema is up to date");
+        return Ok(());
+    }
+    if cli.target == [Target::Reindex] {
+        let (db, index) = (backends.db.as_ref().expect("db for reindex"), backends.index.as_ref().expect("index"));
+        let (messages, users) = chatmesh_common::search::rebuild(db, index.as_ref()).await.context("reindexing")?;
+        tracing::info!(messages, users, "search index rebuilt from the database");
         return Ok(());
     }
     let (db, kv, index, queue) = (&backends.db, &backends.kv, &backends.index, &backends.queue);
@@ -316,6 +364,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         });
     };
 
+    tokio::spawn(backends.clone().watch(shutdown.clone()));
     let admin = admin_router(backends.clone());
     spawn_http(&mut tasks, grpc::bind(cli.admin_listen).await?, admin);
 
@@ -370,11 +419,19 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         let storage = Arc::new(chatmesh_message::Storage {
             db: db.clone().expect("db for message"),
             index: index.clone().expect("index for message"),
+            db_link: backends.db_link.clone(),
+            search_link: backends.health.link("search", false),
         });
         let queue = queue.clone().expect("queue for message");
         let stop = shutdown.clone();
+        let consumer = storage.clone();
         tasks.spawn(async move {
-            queue.consume(storage, stop).await;
+            queue.consume(consumer, stop).await;
+            Ok(())
+        });
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            storage.catch_up(stop).await;
             Ok(())
         });
     }
@@ -408,10 +465,15 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             )?,
         };
         let conns = chatmesh_gateway::push::Connections::default();
-        let bus =
-            chatmesh_gateway::bus::PushBus::open(conns.clone(), &cli.redis_url, &cli.redis_namespace, shutdown.clone())
-                .await
-                .context("opening the push bus")?;
+        let bus = chatmesh_gateway::bus::PushBus::open(
+            conns.clone(),
+            &cli.redis_url,
+            &cli.redis_namespace,
+            shutdown.clone(),
+            &backends.health,
+        )
+        .await
+        .context("opening the push bus")?;
         let gw = chatmesh_gateway::Gateway::new(
             cli.gateway.clone(),
             sessions.clone().expect("sessions for gateway"),
@@ -426,13 +488,36 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             spawn_http(&mut tasks, listener, router);
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        done.context("service task panicked")??;
-        if !*shutdown.borrow() {
-            anyhow::bail!("a service stopped unexpectedly");
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => {
+                    done.context("service task panicked")??;
+                    if !*shutdown.borrow() {
+                        anyhow::bail!("a service stopped unexpectedly");
+                    }
+                }
+                None => return Ok(()),
+            },
+            _ = chatmesh_common::stopped(&mut stop) => break,
         }
     }
-    Ok(())
+    // Stopping: listeners no longer accept; what is in flight gets the grace time, no more.
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            done.context("service task panicked")??;
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(cli.shutdown_grace, drain).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(grace = ?cli.shutdown_grace, "work still in flight after the shutdown grace; stopping it");
+            tasks.abort_all();
+            Ok(())
+        }
+    }
 }
 
 /// `/healthz` (the process runs), `/readyz` (its backends answer), `/metrics`.

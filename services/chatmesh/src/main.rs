@@ -1,23 +1,33 @@
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     let cli = chatmesh::Cli::parse();
     chatmesh_common::telemetry::init_logs(&cli.log, cli.log_format);
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let grace = cli.shutdown_grace;
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!(?grace, "shutting down");
         let _ = stop.send(true);
+        // The last word, on a thread of its own: even if the runtime were wedged on a broken
+        // connection, the process ends shortly after the grace time.
+        std::thread::spawn(move || {
+            std::thread::sleep(grace + std::time::Duration::from_secs(2));
+            eprintln!("chatmesh: still running {grace:?} after the shutdown signal; exiting");
+            std::process::exit(1);
+        });
     });
-    match chatmesh::run(cli, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match chatmesh::run(cli, shutdown).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("chatmesh: {e:#}");
-            std::process::ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Not waiting for the runtime to wind down blocking tasks: the drain is over.
+    std::process::exit(code)
 }
 
 async fn shutdown_signal() {

@@ -1,8 +1,11 @@
 //! The relational store: MySQL/MariaDB or SQLite, chosen by URL, through sqlx's `Any` driver so
 //! that every query is written once. Each dialect has its own migration folder.
 
-use sqlx::AnyPool;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Connection};
 
 use crate::BackendError;
 
@@ -17,7 +20,14 @@ pub enum Dialect {
 pub struct Database {
     pub pool: AnyPool,
     pub dialect: Dialect,
+    /// SQLite: the database file, whose neighbour `<file>.migrate-lock` serialises migrations.
+    file: Option<PathBuf>,
 }
+
+/// Longest wait for a pooled connection: a dead database fails requests instead of queueing them.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for another process's migrations.
+const MIGRATE_LOCK_TIMEOUT_S: i64 = 300;
 
 static MYSQL: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -34,7 +44,9 @@ impl Database {
             return Err(BackendError::UnsupportedUrl(redact(url)));
         };
         let url = url.replacen("mariadb://", "mysql://", 1);
-        let mut options = AnyPoolOptions::new().max_connections(max_connections);
+        // Pooled connections are pinged before use (the default), so those a database restart
+        // broke are replaced rather than handed out.
+        let mut options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT);
         if dialect == Dialect::Sqlite {
             // SQLite allows one writer; WAL and a busy timeout let readers proceed meanwhile.
             options = options.after_connect(|conn, _| {
@@ -47,14 +59,45 @@ impl Database {
             });
         }
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, dialect })
+        let file = (dialect == Dialect::Sqlite).then(|| sqlite_file(&url)).flatten();
+        Ok(Self { pool, dialect, file })
     }
 
     /// Brings the schema up to date (idempotent; the operator runs it as a Job before a rollout).
+    /// Any number of processes may call it at once: a lock held across the whole run (MySQL's
+    /// `GET_LOCK`, a file lock beside a SQLite database) lets one migrate while the others wait,
+    /// then find nothing left to do.
     pub async fn migrate(&self) -> Result<(), BackendError> {
         match self.dialect {
-            Dialect::MySql => MYSQL.run(&self.pool).await?,
-            Dialect::Sqlite => SQLITE.run(&self.pool).await?,
+            Dialect::MySql => {
+                let mut conn = self.pool.acquire().await?;
+                let (got,): (Option<i64>,) =
+                    sqlx::query_as("SELECT GET_LOCK(CONCAT('chatmesh_migrate:', DATABASE()), ?)")
+                        .bind(MIGRATE_LOCK_TIMEOUT_S)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                if got != Some(1) {
+                    return Err(BackendError::MigrateLock("another process holds the migration lock".into()));
+                }
+                // `run_direct` on the connection that holds the lock (`run` would take another
+                // from the pool; its generic form also makes the future not `Send`).
+                let result = MYSQL.run_direct(None, &mut *conn, false).await;
+                let released = sqlx::query("SELECT RELEASE_LOCK(CONCAT('chatmesh_migrate:', DATABASE()))")
+                    .execute(&mut *conn)
+                    .await;
+                if released.is_err() {
+                    // The lock dies with its session: do not hand this one back to the pool.
+                    let _ = conn.detach().close().await;
+                }
+                result?;
+            }
+            Dialect::Sqlite => {
+                let _lock = match &self.file {
+                    Some(file) => Some(lock_file(file.with_extension("migrate-lock")).await?),
+                    None => None, // in memory: private to this process
+                };
+                SQLITE.run(&self.pool).await?;
+            }
         }
         Ok(())
     }
@@ -62,6 +105,27 @@ impl Database {
     /// True when the database refused a row because of a UNIQUE key.
     pub fn is_unique_violation(err: &sqlx::Error) -> bool {
         matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
+    }
+}
+
+/// The file of a `sqlite://path?...` URL (none for an in-memory database).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// An exclusive lock on `path` (created if missing), released when the file is dropped.
+async fn lock_file(path: PathBuf) -> Result<std::fs::File, BackendError> {
+    let lock = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    });
+    match lock.await {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(e)) => Err(BackendError::MigrateLock(e.to_string())),
+        Err(e) => Err(BackendError::MigrateLock(e.to_string())),
     }
 }
 
@@ -125,6 +189,22 @@ mod tests {
         sqlx::query(insert).bind("a").bind("nick").execute(&db.pool).await.unwrap();
         let err = sqlx::query(insert).bind("b").bind("nick").execute(&db.pool).await.unwrap_err();
         assert!(Database::is_unique_violation(&err));
+    }
+
+    #[tokio::test]
+    async fn concurrent_migrations_on_one_sqlite_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/race.db?mode=rwc", dir.path().display());
+        let mut runs = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            runs.spawn(async move { Database::connect(&url, 2).await?.migrate().await });
+        }
+        while let Some(done) = runs.join_next().await {
+            done.unwrap().unwrap();
+        }
+        assert_eq!(sqlite_file(&url), Some(dir.path().join("race.db")));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
     }
 
     #[tokio::test]

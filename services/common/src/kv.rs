@@ -35,11 +35,22 @@ pub async fn open(url: &str, namespace: &str) -> Result<Arc<dyn ExpiringStore>, 
         Ok(Arc::new(MemoryStore::default()))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         let client = redis::Client::open(url)?;
-        let conn = redis::aio::ConnectionManager::new(client).await?;
+        let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config()).await?;
         Ok(Arc::new(RedisStore { conn, prefix: format!("{namespace}:") }))
     } else {
         Err(BackendError::UnsupportedUrl(crate::db::redact(url)))
     }
+}
+
+/// Every Redis command answers within a deadline, and a broken connection is replaced on the
+/// next command (the manager reconnects with backoff), so a dead or restarted Redis costs the
+/// requests made meanwhile, never a stuck process.
+pub fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(3)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
 }
 
 pub struct RedisStore {

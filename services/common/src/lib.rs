@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod grpc;
+pub mod health;
 pub mod kv;
 pub mod mesh;
 pub mod messages;
@@ -22,6 +23,8 @@ pub enum BackendError {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database migration lock: {0}")]
+    MigrateLock(String),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("unsupported backend URL {0:?}")]

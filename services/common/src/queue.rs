@@ -1,7 +1,12 @@
 //! The message queue between the transmit and message-storage services: RabbitMQ (durable
-//! queue, persistent messages, publisher confirms) in clusters, an in-process queue in
-//! standalone mode. A publish returns only once the broker has the message; a consumer
-//! acknowledges a batch only after its handler succeeded, so a crash redelivers, never loses.
+//! queue, persistent messages, publisher confirms) in clusters; in standalone mode a table of the
+//! relational database (`database://`), so a send acknowledged there is on disk too. A publish
+//! returns only once the message is durably queued; a consumer acknowledges a batch only after
+//! its handler succeeded, so a crash redelivers, never loses.
+//!
+//! Connections to RabbitMQ heal by themselves: AMQP heartbeats and a deadline on every network
+//! await detect a dead broker, and publisher and consumer reconnect with backoff, forever,
+//! declaring the queue and consuming again (see [`crate::health`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +18,23 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio_stream::StreamExt;
 
-use crate::BackendError;
+use crate::health::{Backoff, Health, Link};
+use crate::{BackendError, Database};
 
 /// Most messages handed to a consumer at once (also the broker prefetch).
 pub const BATCH: usize = 200;
+/// Deadline of one exchange with the broker (connect, declare, ack, probe).
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle consumer proves its connection alive this often (beside AMQP heartbeats).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Negotiated AMQP heartbeat (seconds) unless the URL sets one: a silent peer is dropped after
+/// twice this.
+const HEARTBEAT_S: u16 = 5;
+/// Longest a batch handler may take before the batch is given back.
+const HANDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Processes a batch of message bodies; an error redelivers the whole batch.
 #[async_trait]
@@ -35,24 +50,75 @@ pub trait MessageQueue: Send + Sync + 'static {
     async fn consume(&self, handler: Arc<dyn BatchHandler>, shutdown: watch::Receiver<bool>);
 }
 
-/// `amqp://...` (RabbitMQ, queue `queue`) or `memory://`.
-pub async fn open(url: &str, queue: &str, publish_timeout: Duration) -> Result<Arc<dyn MessageQueue>, BackendError> {
+/// What a process does with the queue, so only the links it uses count for its readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub publish: bool,
+    pub consume: bool,
+}
+
+/// `amqp://...` (RabbitMQ, queue `queue`), `database://` (a table of `db`) or `memory://` (in
+/// the process, lost with it).
+pub fn open(
+    url: &str,
+    queue: &str,
+    publish_timeout: Duration,
+    db: Option<&Database>,
+    health: &Health,
+    roles: Roles,
+) -> Result<Arc<dyn MessageQueue>, BackendError> {
     if url.starts_with("memory:") {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(MemoryQueue { tx, rx: Mutex::new(rx) }))
+    } else if url.starts_with("database:") {
+        let db = db.ok_or_else(|| BackendError::Queue("database:// needs a database".into()))?;
+        Ok(Arc::new(DbQueue { db: db.clone(), publish_timeout, ready: Notify::new() }))
     } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
-        let q =
-            AmqpQueue { url: url.to_string(), queue: queue.to_string(), publish_timeout, channel: Mutex::new(None) };
-        // Connected lazily: the broker may start after us (or be restarting); publishes and
-        // the consumer retry until it is there.
-        Ok(Arc::new(q))
+        let q = Arc::new(AmqpQueue {
+            url: with_heartbeat(url),
+            queue: queue.to_string(),
+            publish_timeout,
+            channel: Mutex::new(None),
+            publisher: health.link("amqp-publisher", roles.publish),
+            consumer: health.link("amqp-consumer", roles.consume),
+        });
+        if roles.publish {
+            // Connected ahead of the first send and kept connected, so readiness tells the truth
+            // and a send after an outage does not pay for the reconnection.
+            tokio::spawn(q.clone().keep_publisher());
+        }
+        Ok(q)
     } else {
         Err(BackendError::UnsupportedUrl(crate::db::redact(url)))
     }
 }
 
+/// The URL with a short heartbeat and connect timeout unless it chose its own.
+fn with_heartbeat(url: &str) -> String {
+    let mut url = url.to_string();
+    for (key, value) in [("heartbeat", HEARTBEAT_S.to_string()), ("connection_timeout", "5000".to_string())] {
+        if !url.contains(&format!("{key}=")) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("{key}={value}"));
+        }
+    }
+    url
+}
+
 fn amqp(e: lapin::Error) -> BackendError {
     BackendError::Queue(e.to_string())
+}
+
+/// One exchange with the broker, with a deadline: a dead peer never holds us.
+async fn timed<T>(
+    what: &str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result.map_err(|e| BackendError::Queue(format!("{what}: {e}"))),
+        Err(_) => Err(BackendError::Queue(format!("{what}: no answer within {limit:?}"))),
+    }
 }
 
 pub struct AmqpQueue {
@@ -60,74 +126,137 @@ pub struct AmqpQueue {
     queue: String,
     publish_timeout: Duration,
     /// The publishing channel (confirm mode), shared by all concurrent publishers so their
-    /// confirms pipeline; replaced after any failure.
-    channel: Mutex<Option<(Connection, Channel)>>,
+    /// confirms pipeline; replaced after any failure. The number tells connections apart.
+    channel: Mutex<Option<(u64, Connection, Channel)>>,
+    publisher: Arc<Link>,
+    consumer: Arc<Link>,
 }
 
 impl AmqpQueue {
     async fn connect(&self) -> Result<(Connection, Channel), BackendError> {
-        let conn = Connection::connect(&self.url, ConnectionProperties::default()).await.map_err(amqp)?;
-        let channel = conn.create_channel().await.map_err(amqp)?;
-        channel
-            .queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
-            .await
-            .map_err(amqp)?;
+        let conn =
+            timed("connect", OP_TIMEOUT, Connection::connect(&self.url, ConnectionProperties::default())).await?;
+        let channel = timed("open a channel", OP_TIMEOUT, conn.create_channel()).await?;
+        let declare =
+            channel.queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default());
+        timed("declare the queue", OP_TIMEOUT, declare).await?;
         Ok((conn, channel))
     }
 
-    async fn channel(&self) -> Result<Channel, BackendError> {
+    async fn channel(&self) -> Result<(u64, Channel), BackendError> {
         let mut slot = self.channel.lock().await;
-        if let Some((conn, ch)) = slot.as_ref()
+        if let Some((generation, conn, ch)) = slot.as_ref()
             && conn.status().connected()
             && ch.status().connected()
         {
-            return Ok(ch.clone());
+            return Ok((*generation, ch.clone()));
+        }
+        if let Some((_, conn, _)) = slot.take() {
+            close(conn).await;
         }
         let (conn, ch) = self.connect().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp)?;
-        *slot = Some((conn, ch.clone()));
-        Ok(ch)
+        timed("select confirms", OP_TIMEOUT, ch.confirm_select(ConfirmSelectOptions::default())).await?;
+        let generation = rand::random();
+        *slot = Some((generation, conn, ch.clone()));
+        Ok((generation, ch))
     }
 
-    async fn publish_once(&self, body: &[u8]) -> Result<(), BackendError> {
-        let ch = self.channel().await?;
-        let props = BasicProperties::default().with_delivery_mode(2); // persistent
-        let confirm = ch
-            .basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
-            .await
-            .map_err(amqp)?
-            .await
-            .map_err(amqp)?;
-        match confirm {
-            Confirmation::Ack(_) => Ok(()),
-            other => Err(BackendError::Queue(format!("broker did not confirm: {other:?}"))),
+    /// Forgets the publishing connection `generation` (not a newer one another task made).
+    async fn drop_channel(&self, generation: u64) {
+        let mut slot = self.channel.lock().await;
+        if slot.as_ref().is_some_and(|(g, _, _)| *g == generation)
+            && let Some((_, conn, _)) = slot.take()
+        {
+            close(conn).await;
         }
     }
 
+    async fn publish_once(&self, body: &[u8], limit: Duration) -> Result<(), (Option<u64>, BackendError)> {
+        let (generation, ch) = self.channel().await.map_err(|e| (None, e))?;
+        let props = BasicProperties::default().with_delivery_mode(2); // persistent
+        let confirm = async {
+            ch.basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
+                .await?
+                .await
+        };
+        match timed("publish", limit, confirm).await {
+            Ok(Confirmation::Ack(_)) => Ok(()),
+            Ok(other) => Err((Some(generation), BackendError::Queue(format!("broker did not confirm: {other:?}")))),
+            Err(e) => Err((Some(generation), e)),
+        }
+    }
+
+    /// Keeps the publishing connection open, reconnecting with backoff, for as long as the
+    /// process runs.
+    async fn keep_publisher(self: Arc<Self>) {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        loop {
+            match self.channel().await {
+                Ok(_) => {
+                    self.publisher.up();
+                    backoff.reset();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    self.publisher.down(&e.to_string());
+                    tokio::time::sleep(backoff.step()).await;
+                }
+            }
+        }
+    }
+
+    /// One consumer connection, until it fails (`Err`) or `shutdown` (`Ok`).
     async fn consume_once(
         &self,
         handler: &Arc<dyn BatchHandler>,
         shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
     ) -> Result<(), BackendError> {
-        let (_conn, ch) = self.connect().await?;
-        ch.basic_qos(BATCH as u16, BasicQosOptions::default()).await.map_err(amqp)?;
+        let (conn, ch) = self.connect().await?;
+        let result = self.consume_on(&conn, &ch, handler, shutdown, backoff).await;
+        close(conn).await;
+        result
+    }
+
+    async fn consume_on(
+        &self,
+        conn: &Connection,
+        ch: &Channel,
+        handler: &Arc<dyn BatchHandler>,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> Result<(), BackendError> {
+        timed("set the prefetch", OP_TIMEOUT, ch.basic_qos(BATCH as u16, BasicQosOptions::default())).await?;
         let tag = format!("chatmesh-{}", crate::new_id());
-        let mut consumer = ch
-            .basic_consume(
-                self.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp)?;
+        let consume = ch.basic_consume(
+            self.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let mut consumer = timed("consume", OP_TIMEOUT, consume).await?;
+        self.consumer.up();
+        backoff.reset();
         loop {
             let first = tokio::select! {
-                d = consumer.next() => d,
+                d = tokio::time::timeout(PROBE_EVERY, consumer.next()) => d,
                 _ = crate::stopped(shutdown) => return Ok(()),
             };
-            let Some(first) = first else { return Err(BackendError::Queue("consumer cancelled".into())) };
-            let mut batch = vec![first.map_err(amqp)?];
+            let first = match first {
+                Ok(Some(d)) => d.map_err(amqp)?,
+                Ok(None) => return Err(BackendError::Queue("the broker cancelled the consumer".into())),
+                Err(_) => {
+                    // Idle: prove the connection still carries traffic, with a deadline.
+                    if !conn.status().connected() {
+                        return Err(BackendError::Queue("connection closed".into()));
+                    }
+                    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                    let probe = ch.queue_declare(self.queue.as_str().into(), passive, FieldTable::default());
+                    timed("liveness probe", OP_TIMEOUT, probe).await?;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
             // Take whatever else is already here, without waiting long: batches form under load.
             while batch.len() < BATCH {
                 match tokio::time::timeout(Duration::from_millis(2), consumer.next()).await {
@@ -137,17 +266,32 @@ impl AmqpQueue {
             }
             let bodies: Vec<Vec<u8>> = batch.iter().map(|d| d.data.clone()).collect();
             let last = batch.last().expect("batch is not empty");
-            match handler.handle(&bodies).await {
+            let outcome = match tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("not handled within {HANDLE_TIMEOUT:?}")),
+            };
+            match outcome {
                 Ok(()) => {
-                    last.ack(BasicAckOptions { multiple: true }).await.map_err(amqp)?;
+                    timed("acknowledge", OP_TIMEOUT, last.ack(BasicAckOptions { multiple: true })).await?;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, messages = batch.len(), "batch failed; redelivering");
-                    last.nack(BasicNackOptions { multiple: true, requeue: true }).await.map_err(amqp)?;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let requeue = BasicNackOptions { multiple: true, requeue: true };
+                    timed("give back", OP_TIMEOUT, last.nack(requeue)).await?;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = crate::stopped(shutdown) => return Ok(()),
+                    }
                 }
             }
         }
+    }
+}
+
+/// Closes a connection we are done with, without waiting on a dead one.
+async fn close(conn: Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, "reconnecting".into())).await;
     }
 }
 
@@ -155,34 +299,112 @@ impl AmqpQueue {
 impl MessageQueue for AmqpQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
         let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        let mut backoff = Backoff::new(Duration::from_secs(1));
         loop {
-            match self.publish_once(&body).await {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(e) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.publish_once(&body, left.min(OP_TIMEOUT)).await {
+                Ok(()) => {
+                    self.publisher.up();
+                    return Ok(());
+                }
+                Err((generation, e)) => {
                     // The broker may be restarting: drop the channel and try a fresh one.
-                    tracing::warn!(error = %e, "publish failed; reconnecting");
-                    *self.channel.lock().await = None;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    self.publisher.down(&e.to_string());
+                    if let Some(generation) = generation {
+                        self.drop_channel(generation).await;
+                    }
+                    let pause = backoff.step();
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
     }
 
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
         while !*shutdown.borrow() {
-            if let Err(e) = self.consume_once(&handler, &mut shutdown).await {
-                tracing::warn!(error = %e, queue = %self.queue, "consumer disconnected; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = crate::stopped(&mut shutdown) => {}
+            match self.consume_once(&handler, &mut shutdown, &mut backoff).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.consumer.down(&format!("queue {}: {e}", self.queue));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.step()) => {}
+                        _ = crate::stopped(&mut shutdown) => {}
+                    }
                 }
             }
         }
     }
 }
 
-/// Standalone: the queue lives in the process (and so does not survive it).
+/// Standalone: the queue is a table of the relational database, so what a send acknowledged
+/// survives a crash of the process. One consumer (the one process) drains it in order.
+pub struct DbQueue {
+    db: Database,
+    publish_timeout: Duration,
+    ready: Notify,
+}
+
+#[async_trait]
+impl MessageQueue for DbQueue {
+    async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
+        let insert = sqlx::query("INSERT INTO queued_message (body) VALUES (?)").bind(body).execute(&self.db.pool);
+        match tokio::time::timeout(self.publish_timeout, insert).await {
+            Ok(done) => done?,
+            Err(_) => return Err(BackendError::Queue("the database did not take the message in time".into())),
+        };
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
+        let select = format!("SELECT seq, body FROM queued_message ORDER BY seq LIMIT {BATCH}");
+        loop {
+            let rows: Result<Vec<(i64, Vec<u8>)>, _> =
+                sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).fetch_all(&self.db.pool).await;
+            let outcome = match rows {
+                Ok(rows) if rows.is_empty() => {
+                    tokio::select! {
+                        _ = self.ready.notified() => {}
+                        // Also look again now and then: another process may have queued.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = crate::stopped(&mut shutdown) => return,
+                    }
+                    continue;
+                }
+                Ok(rows) => {
+                    let last = rows.last().map(|(seq, _)| *seq).unwrap_or_default();
+                    let bodies: Vec<Vec<u8>> = rows.into_iter().map(|(_, body)| body).collect();
+                    match handler.handle(&bodies).await {
+                        Ok(()) => sqlx::query("DELETE FROM queued_message WHERE seq <= ?")
+                            .bind(last)
+                            .execute(&self.db.pool)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "queued batch failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = crate::stopped(&mut shutdown) => return,
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+/// In the process only (and so lost with it): for tests and throw-away runs.
 pub struct MemoryQueue {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     rx: Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
@@ -267,15 +489,56 @@ mod tests {
         consumer.await.unwrap();
     }
 
+    const BOTH: Roles = Roles { publish: true, consume: true };
+
     #[tokio::test]
     async fn memory_queue_redelivers_failed_batches() {
-        delivers_everything_after_a_failure(open("memory://", "q", Duration::from_secs(1)).await.unwrap()).await;
+        let queue = open("memory://", "q", Duration::from_secs(1), None, &Health::default(), BOTH).unwrap();
+        delivers_everything_after_a_failure(queue).await;
+    }
+
+    #[tokio::test]
+    async fn database_queue_redelivers_failed_batches_and_keeps_what_was_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
+        let db = Database::connect(&url, 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let queue = open("database://", "q", Duration::from_secs(1), Some(&db), &Health::default(), BOTH).unwrap();
+        delivers_everything_after_a_failure(queue.clone()).await;
+        // Queued but not yet consumed: still there for the next consumer (a restarted process).
+        queue.publish(vec![7]).await.unwrap();
+        let again = open("database://", "q", Duration::from_secs(1), Some(&db), &Health::default(), BOTH).unwrap();
+        let handler = Arc::new(Flaky::default());
+        handler.calls.store(1, Ordering::SeqCst); // no failure this time
+        let (stop, shutdown) = watch::channel(false);
+        let h: Arc<dyn BatchHandler> = handler.clone();
+        let consumer = tokio::spawn(async move { again.consume(h, shutdown).await });
+        for _ in 0..100 {
+            if !handler.seen.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*handler.seen.lock().unwrap(), vec![vec![7u8]]);
+        stop.send(true).unwrap();
+        consumer.await.unwrap();
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM queued_message").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(left, 0, "consumed messages leave the queue");
+    }
+
+    #[test]
+    fn amqp_urls_get_a_heartbeat_unless_they_set_one() {
+        assert_eq!(with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=5&connection_timeout=5000");
+        assert_eq!(with_heartbeat("amqp://h/%2f?heartbeat=30"), "amqp://h/%2f?heartbeat=30&connection_timeout=5000");
     }
 
     #[tokio::test]
     async fn rabbitmq_queue_redelivers_failed_batches() {
         let Some(url) = crate::test_url("CHATMESH_TEST_AMQP_URL") else { return };
         let queue = format!("chatmesh-t-{}", crate::new_id());
-        delivers_everything_after_a_failure(open(&url, &queue, Duration::from_secs(5)).await.unwrap()).await;
+        let health = Health::default();
+        let queue = open(&url, &queue, Duration::from_secs(5), None, &health, BOTH).unwrap();
+        delivers_everything_after_a_failure(queue).await;
+        assert!(health.check().is_ok(), "connected links are up: {:?}", health.check());
     }
 }

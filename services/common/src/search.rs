@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use elasticsearch::http::request::JsonBody;
-use elasticsearch::http::transport::Transport;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsParts};
 use elasticsearch::params::Refresh;
 use elasticsearch::{BulkParts, Elasticsearch, IndexParts, SearchParts};
@@ -44,7 +44,14 @@ pub trait SearchIndex: Send + Sync + 'static {
     async fn index_messages(&self, docs: &[MessageDoc]) -> Result<(), BackendError>;
     /// Ids of text messages of one session containing `key`, newest first; at most `limit`.
     async fn search_messages(&self, session: &str, key: &str, limit: usize) -> Result<Vec<String>, BackendError>;
+    /// Whether this index is a separate copy that writes can miss (false: the database itself).
+    fn is_separate(&self) -> bool {
+        true
+    }
 }
+
+/// Deadline of one Elasticsearch request: a dead server fails the request, never holds it.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens the index named by `url`: `embedded://` (the database) or `http(s)://` (Elasticsearch,
 /// indices named `<prefix>-users` and `<prefix>-messages`).
@@ -52,7 +59,11 @@ pub async fn open(url: &str, prefix: &str, db: &Database) -> Result<Arc<dyn Sear
     if url.starts_with("embedded:") {
         Ok(Arc::new(SqlSearch { db: db.clone() }))
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        let transport = Transport::single_node(url).map_err(es)?;
+        let node = url.parse().map_err(|e| BackendError::Search(format!("search URL: {e}")))?;
+        let transport = TransportBuilder::new(SingleNodeConnectionPool::new(node))
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| BackendError::Search(e.to_string()))?;
         let index = ElasticSearch {
             client: Elasticsearch::new(transport),
             users: format!("{prefix}-users"),
@@ -82,6 +93,10 @@ pub fn like_pattern(key: &str) -> String {
 
 #[async_trait]
 impl SearchIndex for SqlSearch {
+    fn is_separate(&self) -> bool {
+        false
+    }
+
     async fn upsert_user(&self, _doc: &UserDoc) -> Result<(), BackendError> {
         Ok(()) // the users table is the index
     }
@@ -222,6 +237,51 @@ impl SearchIndex for ElasticSearch {
         let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
         Ok(hits.iter().filter_map(|h| h["_id"].as_str().map(str::to_string)).collect())
     }
+}
+
+/// Writes every text message and every user of the database into `index` again (idempotent:
+/// documents are keyed by id), page by page; returns (messages, users) written.
+pub async fn rebuild(db: &Database, index: &dyn SearchIndex) -> Result<(usize, usize), BackendError> {
+    const PAGE: usize = 1000;
+    let mut messages = 0;
+    let mut after = String::new();
+    loop {
+        let sql = format!(
+            "SELECT message_id, chat_session_id, content, created_at FROM message \
+             WHERE message_type = 0 AND message_id > ? ORDER BY message_id LIMIT {PAGE}"
+        );
+        let rows: Vec<(String, String, Option<String>, i64)> =
+            sqlx::query_as(AssertSqlSafe(sql)).bind(&after).fetch_all(&db.pool).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0.clone();
+        let docs: Vec<MessageDoc> = rows
+            .into_iter()
+            .map(|(message_id, chat_session_id, content, created_at)| MessageDoc {
+                message_id,
+                chat_session_id,
+                content: content.unwrap_or_default(),
+                created_at,
+            })
+            .collect();
+        index.index_messages(&docs).await?;
+        messages += docs.len();
+    }
+    let mut users = 0;
+    let mut after = String::new();
+    loop {
+        let sql = format!(
+            "SELECT user_id, nickname, phone, description FROM users WHERE user_id > ? ORDER BY user_id LIMIT {PAGE}"
+        );
+        let rows: Vec<(String, String, Option<String>, String)> =
+            sqlx::query_as(AssertSqlSafe(sql)).bind(&after).fetch_all(&db.pool).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.0.clone();
+        for (user_id, nickname, phone, description) in rows {
+            index.upsert_user(&UserDoc { user_id, nickname, phone: phone.unwrap_or_default(), description }).await?;
+            users += 1;
+        }
+    }
+    Ok((messages, users))
 }
 
 #[cfg(test)]

@@ -5,8 +5,10 @@
 //! and publishes one envelope per gateway that has any of them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chatmesh_common::health::{Backoff, Health, Link};
 use chatmesh_proto::{NotifyMessage, PushEnvelope};
 use prost::Message;
 use redis::AsyncCommands;
@@ -18,6 +20,10 @@ use crate::push::{Connections, PresenceChange};
 /// A presence entry lives this long unless refreshed.
 const PRESENCE_TTL: Duration = Duration::from_secs(90);
 const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
+/// The push subscription proves itself alive this often (a PING through it, with a deadline).
+const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
+/// Deadline of connecting, subscribing and each ping.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub enum PushBus {
@@ -32,6 +38,8 @@ pub struct RedisBus {
     client: redis::Client,
     prefix: String,
     gateway_id: String,
+    /// The push subscription: down while this gateway cannot receive pushes from others.
+    link: Arc<Link>,
 }
 
 impl PushBus {
@@ -41,6 +49,7 @@ impl PushBus {
         redis_url: &str,
         namespace: &str,
         shutdown: watch::Receiver<bool>,
+        health: &Health,
     ) -> Result<Self, redis::RedisError> {
         if !redis_url.starts_with("redis") {
             return Ok(PushBus::Local(conns));
@@ -48,10 +57,15 @@ impl PushBus {
         let client = redis::Client::open(redis_url)?;
         let bus = RedisBus {
             conns: conns.clone(),
-            redis: redis::aio::ConnectionManager::new(client.clone()).await?,
+            redis: redis::aio::ConnectionManager::new_with_config(
+                client.clone(),
+                chatmesh_common::kv::manager_config(),
+            )
+            .await?,
             client,
             prefix: format!("{namespace}:"),
             gateway_id: chatmesh_common::new_id(),
+            link: health.link("redis-pubsub", true),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         conns.report_presence(tx);
@@ -167,40 +181,66 @@ impl RedisBus {
         pipe.query_async(&mut self.redis.clone()).await
     }
 
-    /// Delivers envelopes published to this gateway's channel; resubscribes after failures.
+    /// Delivers envelopes published to this gateway's channel; subscribes again, with backoff,
+    /// whenever the subscription fails or stops answering its pings.
     async fn listen(self, mut shutdown: watch::Receiver<bool>) {
-        let channel = self.channel(&self.gateway_id);
+        let mut backoff = Backoff::new(Duration::from_secs(5));
         while !*shutdown.borrow() {
-            let mut pubsub = match self.client.get_async_pubsub().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "push channel unavailable; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = pubsub.subscribe(&channel).await {
-                tracing::warn!(error = %e, "cannot subscribe to the push channel; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            let cause = self.listen_once(&mut shutdown, &mut backoff).await;
+            if *shutdown.borrow() {
+                return;
             }
-            // Presence may have been lost with the connection: announce ourselves again.
-            let _ = self.mark_online(&self.conns.users()).await;
-            let mut messages = pubsub.into_on_message();
-            loop {
-                tokio::select! {
-                    _ = chatmesh_common::stopped(&mut shutdown) => return,
-                    msg = messages.next() => match msg {
-                        Some(msg) => match PushEnvelope::decode(msg.get_payload_bytes()) {
-                            Ok(env) => {
-                                let frame = env.notify.unwrap_or_default().encode_to_vec();
-                                deliver_local(&self.conns, &env.user_ids, &frame, env.skip_session_id.as_deref());
-                            }
-                            Err(e) => tracing::warn!(error = %e, "undecodable push envelope"),
-                        },
-                        None => break,
-                    },
+            self.link.down(&cause);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.step()) => {}
+                _ = chatmesh_common::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// One subscription, until it fails (the cause is returned) or shutdown.
+    async fn listen_once(&self, shutdown: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> String {
+        let channel = self.channel(&self.gateway_id);
+        let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return format!("connecting: {e}"),
+            Err(_) => return "connecting: no answer".into(),
+        };
+        let (mut sink, mut messages) = pubsub.split();
+        match tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return format!("subscribing: {e}"),
+            Err(_) => return "subscribing: no answer".into(),
+        }
+        // Presence may have been lost with the connection: announce ourselves again.
+        if let Err(e) = self.mark_online(&self.conns.users()).await {
+            return format!("restoring presence: {e}");
+        }
+        self.link.up();
+        backoff.reset();
+        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = chatmesh_common::stopped(shutdown) => return String::new(),
+                _ = ping.tick() => {
+                    // A silent peer (not just a closed socket) must be noticed too.
+                    match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("ping: {e}"),
+                        Err(_) => return "ping: no answer".into(),
+                    }
                 }
+                msg = messages.next() => match msg {
+                    Some(msg) => match PushEnvelope::decode(msg.get_payload_bytes()) {
+                        Ok(env) => {
+                            let frame = env.notify.unwrap_or_default().encode_to_vec();
+                            deliver_local(&self.conns, &env.user_ids, &frame, env.skip_session_id.as_deref());
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable push envelope"),
+                    },
+                    None => return "subscription closed".into(),
+                },
             }
         }
     }

@@ -1,20 +1,35 @@
 //! The queue consumer: a batch of queued messages becomes one multi-row insert that skips ids
-//! already stored, then one bulk index of their text. The batch is acknowledged only after
-//! both, so a crash or restart redelivers it and the insert makes the redelivery harmless.
+//! already stored, then one bulk index of their text. The batch is acknowledged only after the
+//! insert committed and the text is either indexed or recorded in `search_backlog` (when the
+//! index failed), so a crash or restart redelivers it, the insert makes the redelivery
+//! harmless, and an indexing failure is caught up by [`Storage::catch_up`], never lost.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chatmesh_common::Database;
+use chatmesh_common::db::placeholders;
+use chatmesh_common::health::Link;
 use chatmesh_common::messages::{self, MessageRow};
 use chatmesh_common::queue::BatchHandler;
 use chatmesh_common::search::{MessageDoc, SearchIndex};
+use chatmesh_common::{BackendError, Database};
 use chatmesh_proto::{MessageInfo, MessageType};
 use prost::Message;
+use sqlx::AssertSqlSafe;
+use tokio::sync::watch;
+
+/// How often the backlog of unindexed messages is looked at.
+const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
+const CATCH_UP_BATCH: usize = 500;
 
 pub struct Storage {
     pub db: Database,
     pub index: Arc<dyn SearchIndex>,
+    /// The database, as the consumer sees it (for readiness, logs, reconnect counts).
+    pub db_link: Arc<Link>,
+    /// The search index, likewise (not required: history works without it).
+    pub search_link: Arc<Link>,
 }
 
 #[async_trait]
@@ -28,7 +43,7 @@ impl BatchHandler for Storage {
                 _ => tracing::error!(bytes = body.len(), "dropping an undecodable queued message"),
             }
         }
-        messages::insert_new(&self.db, &rows).await.map_err(|e| e.to_string())?;
+        self.db_link.track(messages::insert_new(&self.db, &rows).await).map_err(|e| e.to_string())?;
         let docs: Vec<MessageDoc> = rows
             .iter()
             .filter(|r| r.message_type == MessageType::String as i64)
@@ -39,8 +54,92 @@ impl BatchHandler for Storage {
                 created_at: r.created_at,
             })
             .collect();
-        self.index.index_messages(&docs).await.map_err(|e| e.to_string())?;
+        if let Err(e) = self.search_link.track(self.index.index_messages(&docs).await) {
+            // Stored but not searchable yet: remember which, then acknowledge (history must not
+            // wait for search). If even that fails, the batch is redelivered.
+            let ids: Vec<String> = docs.iter().map(|d| d.message_id.clone()).collect();
+            self.db_link.track(add_backlog(&self.db, &ids).await).map_err(|b| format!("{e}; and {b}"))?;
+            metrics::counter!("chatmesh_search_backlog_added_total").increment(ids.len() as u64);
+        }
         metrics::counter!("chatmesh_messages_stored_total").increment(rows.len() as u64);
         Ok(())
     }
+}
+
+impl Storage {
+    /// Indexes what the backlog names, until `shutdown`.
+    pub async fn catch_up(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CATCH_UP_EVERY) => {}
+                _ = chatmesh_common::stopped(&mut shutdown) => return,
+            }
+            // Drain the backlog while it has work and the index takes it.
+            loop {
+                match self.catch_up_once().await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        tracing::info!(messages = n, "indexed messages from the search backlog");
+                        metrics::counter!("chatmesh_search_backlog_indexed_total").increment(n as u64);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "search backlog not caught up yet");
+                        break;
+                    }
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One page of the backlog: indexed, then removed from it. Returns how many.
+    pub async fn catch_up_once(&self) -> Result<usize, BackendError> {
+        let sql = format!(
+            "SELECT m.message_id, m.chat_session_id, m.content, m.created_at FROM search_backlog b \
+             JOIN message m ON m.message_id = b.message_id ORDER BY b.message_id LIMIT {CATCH_UP_BATCH}"
+        );
+        let rows: Vec<(String, String, Option<String>, i64)> =
+            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(&self.db.pool).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let docs: Vec<MessageDoc> = rows
+            .into_iter()
+            .map(|(message_id, chat_session_id, content, created_at)| MessageDoc {
+                message_id,
+                chat_session_id,
+                content: content.unwrap_or_default(),
+                created_at,
+            })
+            .collect();
+        self.search_link.track(self.index.index_messages(&docs).await)?;
+        let ids: Vec<&String> = docs.iter().map(|d| &d.message_id).collect();
+        let sql = format!("DELETE FROM search_backlog WHERE message_id IN ({})", placeholders(ids.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        q.execute(&self.db.pool).await?;
+        Ok(docs.len())
+    }
+}
+
+/// Records messages as stored but not indexed (ids already there are skipped).
+async fn add_backlog(db: &Database, ids: &[String]) -> Result<(), BackendError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let verb = match db.dialect {
+        chatmesh_common::db::Dialect::MySql => "INSERT IGNORE",
+        chatmesh_common::db::Dialect::Sqlite => "INSERT OR IGNORE",
+    };
+    let values = vec!["(?)"; ids.len()].join(", ");
+    let mut q = sqlx::query(AssertSqlSafe(format!("{verb} INTO search_backlog (message_id) VALUES {values}")));
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.execute(&db.pool).await?;
+    Ok(())
 }
