@@ -17,6 +17,9 @@ ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev
   while read -r q; do ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q delete_queue "$q" >/dev/null; done || true
 
 cargo fmt --all --check
+# The chaos tests (e2e/tests/chaos.rs) run the real binary, and SIGKILL dedicated instances of
+# the servers that they start themselves through e2e/infra/chaos.sh (never the shared ones).
+cargo build -p chatmesh --locked
 cargo test --workspace --locked "$@"
 # The web client in a real Chromium against the debug binary (`--target all`, embedded backends).
 cargo build -p chatmesh --locked

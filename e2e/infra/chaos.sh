@@ -57,6 +57,11 @@ GRANT ALL PRIVILEGES ON *.* TO 'chatmesh'@'%';
 GRANT ALL PRIVILEGES ON *.* TO 'chatmesh'@'localhost';
 SQL
   }
+  # What earlier runs left: their test databases.
+  fresh() {
+    mariadb --no-defaults --socket="$SOCK" -uroot -N -e "SHOW DATABASES LIKE 'chatmesh\_t\_%'" 2>/dev/null |
+      while read -r db; do mariadb --no-defaults --socket="$SOCK" -uroot -e "DROP DATABASE \`$db\`"; done || true
+  }
   ;;
 redis)
   PORT=32380
@@ -69,6 +74,7 @@ redis)
       --appendonly yes --appendfsync always --save '' --daemonize no
     wait_up 60 healthy || die "redis did not start" "$LOG"
   }
+  fresh() { redis-cli -h 127.0.0.1 -p "$PORT" flushall >/dev/null; }
   ;;
 rabbitmq)
   PORT=32672
@@ -92,6 +98,10 @@ rabbitmq)
     wait_up 180 port_open 127.0.0.1 "$PORT" || die "rabbitmq did not open port $PORT" "$LOG"
     "$BIN/rabbitmqctl" -q -n chaos@localhost await_startup --timeout 60 >>"$LOG" 2>&1 ||
       die "rabbitmqctl await_startup failed" "$LOG"
+  }
+  fresh() {
+    "$BIN/rabbitmqctl" -n chaos@localhost -q list_queues name 2>/dev/null | grep -E '^chatmesh[-_]t' |
+      while read -r q; do "$BIN/rabbitmqctl" -n chaos@localhost -q delete_queue "$q" >/dev/null; done || true
   }
   ;;
 elasticsearch)
@@ -119,6 +129,7 @@ elasticsearch)
       -d '{"index_patterns":["*"],"order":-1,"settings":{"number_of_replicas":0}}' >/dev/null ||
       die "could not install the no-replicas index template" "$LOG"
   }
+  fresh() { curl -fsS -X DELETE "$URL/chatmesh_t_*" >/dev/null || true; }
   ;;
 *) die "unknown server '$SERVER' (known: mariadb redis rabbitmq elasticsearch)" ;;
 esac
@@ -151,6 +162,8 @@ start | restart)
     log "starting (log: $LOG)"
     launch
   fi
+  # A new test begins (not a restart in the middle of one): drop what earlier tests left.
+  [[ "$ACTION" == start ]] && fresh
   echo "export CHATMESH_CHAOS_${SERVER^^}_URL=$URL"
   ;;
 kill | stop) kill_group ;;

@@ -260,11 +260,12 @@ impl Backends {
         } else {
             None
         };
+        let kv_link = health.link("session-store", any(&[Gateway, User]));
         let kv = if any(&[Gateway, User]) {
             if cli.redis_url.starts_with("memory:") && !cli.runs(All) {
                 tracing::warn!("memory:// sessions are private to this process; use Redis when services run apart");
             }
-            let kv = chatmesh_common::kv::open(&cli.redis_url, &cli.redis_namespace).await;
+            let kv = chatmesh_common::kv::open_tracked(&cli.redis_url, &cli.redis_namespace, kv_link.clone()).await;
             Some(kv.context("opening the session store")?)
         } else {
             None
@@ -297,14 +298,13 @@ impl Backends {
             None
         };
         let db_link = health.link("database", db.is_some());
-        let kv_link = health.link("session-store", kv.is_some());
         Ok(Self { health, db_link, kv_link, db, kv, index, queue, speech, speech_alone: cli.target == [Speech] })
     }
 
     /// Probes the database and the session store now and then, with deadlines, so their links
     /// (readiness, logs, reconnect counts) follow them even when no request does.
     async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        const PROBE: Duration = Duration::from_secs(2);
+        const PROBE: Duration = Duration::from_secs(1);
         loop {
             if let Some(db) = &self.db {
                 let ping = tokio::time::timeout(PROBE, sqlx::query("SELECT 1").execute(&db.pool)).await;

@@ -31,12 +31,21 @@ pub trait ExpiringStore: Send + Sync + 'static {
 /// Opens the store named by `url`: `redis://...` (or `rediss://`) or `memory://`.
 /// `namespace` prefixes every key, so several systems (or test runs) can share one Redis.
 pub async fn open(url: &str, namespace: &str) -> Result<Arc<dyn ExpiringStore>, BackendError> {
+    open_tracked(url, namespace, crate::health::Link::new("session-store", true)).await
+}
+
+/// Like [`open`], reporting the Redis connection's failures and recoveries to `link`.
+pub async fn open_tracked(
+    url: &str,
+    namespace: &str,
+    link: Arc<crate::health::Link>,
+) -> Result<Arc<dyn ExpiringStore>, BackendError> {
     if url.starts_with("memory:") {
         Ok(Arc::new(MemoryStore::default()))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         let client = redis::Client::open(url)?;
         let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config()).await?;
-        Ok(Arc::new(RedisStore { conn, prefix: format!("{namespace}:") }))
+        Ok(Arc::new(RedisStore { conn, prefix: format!("{namespace}:"), link }))
     } else {
         Err(BackendError::UnsupportedUrl(crate::db::redact(url)))
     }
@@ -56,11 +65,24 @@ pub fn manager_config() -> redis::aio::ConnectionManagerConfig {
 pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
     prefix: String,
+    link: Arc<crate::health::Link>,
 }
 
 impl RedisStore {
     fn key(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key)
+    }
+
+    /// The outcome of one command, as the connection's state (not a command's own error).
+    fn seen<T>(&self, result: redis::RedisResult<T>) -> Result<T, BackendError> {
+        match &result {
+            Ok(_) => self.link.up(),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() => {
+                self.link.down(&e.to_string())
+            }
+            Err(_) => {}
+        }
+        Ok(result?)
     }
 }
 
@@ -71,38 +93,40 @@ fn secs(ttl: Duration) -> u64 {
 #[async_trait]
 impl ExpiringStore for RedisStore {
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), BackendError> {
-        let () = self.conn.clone().set_ex(self.key(key), value, secs(ttl)).await?;
+        let () = self.seen(self.conn.clone().set_ex(self.key(key), value, secs(ttl)).await)?;
         Ok(())
     }
 
     async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(self.key(key))
-            .arg(value)
-            .arg("NX")
-            .arg("EX")
-            .arg(secs(ttl))
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let reply: Option<String> = self.seen(
+            redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(value)
+                .arg("NX")
+                .arg("EX")
+                .arg(secs(ttl))
+                .query_async(&mut self.conn.clone())
+                .await,
+        )?;
         Ok(reply.is_some())
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, BackendError> {
-        Ok(self.conn.clone().get(self.key(key)).await?)
+        self.seen(self.conn.clone().get(self.key(key)).await)
     }
 
     async fn get_touch(&self, key: &str, ttl: Duration) -> Result<Option<String>, BackendError> {
-        let value: Option<String> =
-            redis::cmd("GETEX").arg(self.key(key)).arg("EX").arg(secs(ttl)).query_async(&mut self.conn.clone()).await?;
-        Ok(value)
+        let mut conn = self.conn.clone();
+        let value = redis::cmd("GETEX").arg(self.key(key)).arg("EX").arg(secs(ttl)).query_async(&mut conn).await;
+        self.seen(value)
     }
 
     async fn take(&self, key: &str) -> Result<Option<String>, BackendError> {
-        Ok(self.conn.clone().get_del(self.key(key)).await?)
+        self.seen(self.conn.clone().get_del(self.key(key)).await)
     }
 
     async fn del(&self, key: &str) -> Result<(), BackendError> {
-        let _: i64 = self.conn.clone().del(self.key(key)).await?;
+        let _: i64 = self.seen(self.conn.clone().del(self.key(key)).await)?;
         Ok(())
     }
 
@@ -115,11 +139,11 @@ impl ExpiringStore for RedisStore {
                  return n",
             )
         });
-        Ok(SCRIPT.key(self.key(key)).arg(secs(ttl)).invoke_async(&mut self.conn.clone()).await?)
+        self.seen(SCRIPT.key(self.key(key)).arg(secs(ttl)).invoke_async(&mut self.conn.clone()).await)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = self.seen(redis::cmd("PING").query_async(&mut self.conn.clone()).await)?;
         Ok(())
     }
 }

@@ -363,8 +363,11 @@ impl MessageQueue for DbQueue {
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
         let select = format!("SELECT seq, body FROM queued_message ORDER BY seq LIMIT {BATCH}");
         loop {
-            let rows: Result<Vec<(i64, Vec<u8>)>, _> =
-                sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).fetch_all(&self.db.pool).await;
+            let fetch = sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).fetch_all(&self.db.pool);
+            let rows: Result<Vec<(i64, Vec<u8>)>, String> = match tokio::time::timeout(OP_TIMEOUT, fetch).await {
+                Ok(rows) => rows.map_err(|e| e.to_string()),
+                Err(_) => Err("the database did not answer in time".into()),
+            };
             let outcome = match rows {
                 Ok(rows) if rows.is_empty() => {
                     tokio::select! {
@@ -378,17 +381,21 @@ impl MessageQueue for DbQueue {
                 Ok(rows) => {
                     let last = rows.last().map(|(seq, _)| *seq).unwrap_or_default();
                     let bodies: Vec<Vec<u8>> = rows.into_iter().map(|(_, body)| body).collect();
-                    match handler.handle(&bodies).await {
-                        Ok(()) => sqlx::query("DELETE FROM queued_message WHERE seq <= ?")
-                            .bind(last)
-                            .execute(&self.db.pool)
-                            .await
-                            .map(drop)
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e),
+                    match tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).await {
+                        Ok(Ok(())) => {
+                            let delete = sqlx::query("DELETE FROM queued_message WHERE seq <= ?")
+                                .bind(last)
+                                .execute(&self.db.pool);
+                            match tokio::time::timeout(OP_TIMEOUT, delete).await {
+                                Ok(done) => done.map(drop).map_err(|e| e.to_string()),
+                                Err(_) => Err("the database did not answer in time".into()),
+                            }
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(format!("not handled within {HANDLE_TIMEOUT:?}")),
                     }
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, "queued batch failed; retrying");

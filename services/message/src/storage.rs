@@ -22,6 +22,8 @@ use tokio::sync::watch;
 /// How often the backlog of unindexed messages is looked at.
 const CATCH_UP_EVERY: Duration = Duration::from_secs(2);
 const CATCH_UP_BATCH: usize = 500;
+/// Deadline of one page of catching up (database read, index write, database delete).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Storage {
     pub db: Database,
@@ -76,7 +78,8 @@ impl Storage {
             }
             // Drain the backlog while it has work and the index takes it.
             loop {
-                match self.catch_up_once().await {
+                let once = tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up_once()).await;
+                match once.unwrap_or_else(|_| Err(BackendError::Search("catching up took too long".into()))) {
                     Ok(0) => break,
                     Ok(n) => {
                         tracing::info!(messages = n, "indexed messages from the search backlog");
