@@ -606,9 +606,22 @@ async fn standalone_killed_mid_stream_loses_nothing_acknowledged() {
     let since = chatmesh_common::unix_now() - 1;
     let (stop, stopped) = watch::channel(false);
     let sender = stream(&client, &ch.a, &ch.chat, &stopped);
-    tokio::time::sleep(random_between(Duration::from_millis(1500), Duration::from_millis(3000))).await;
+    tokio::time::sleep(random_between(Duration::from_millis(1000), Duration::from_millis(2000))).await;
+    // Storage falls behind (another writer holds the database for a while), so at the crash
+    // there are sends in flight that were not stored yet: an acknowledgement given before they
+    // are on disk would show as a loss.
+    let mut writer = {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}/chatmesh.db", data.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+        conn
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     first.signal(9);
     let _ = first.child.wait().await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut writer).await.unwrap();
+    drop(writer);
     stop.send(true).unwrap();
     // The senders now fail (nobody listens); what they were told succeeded counts.
     let acked = sender.await.unwrap();
