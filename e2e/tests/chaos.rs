@@ -86,7 +86,8 @@ impl Proc {
     fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- {} log ---\n{}", self.name, lines[lines.len().saturating_sub(40)..].join("\n"))
+        let keep = std::env::var("CHATMESH_CHAOS_SHOW_LOGS").map_or(40, |_| 400);
+        format!("--- {} log ---\n{}", self.name, lines[lines.len().saturating_sub(keep)..].join("\n"))
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -443,8 +444,10 @@ fn random_between(lo: Duration, hi: Duration) -> Duration {
 }
 
 /// The scenario: a stream of sends over two processes while `server` is SIGKILLed `kills` times
-/// at random moments and started again each time.
-async fn crash(server_name: &'static str, kills: usize) -> Option<(Pair, Server)> {
+/// at random moments and started again each time (and, with `hang`, then stopped with SIGSTOP
+/// for a while: open connections that answer nothing, which only deadlines and heartbeats
+/// notice).
+async fn crash(server_name: &'static str, kills: usize, hang: bool) -> Option<(Pair, Server)> {
     let bin = binary()?;
     let server = Server::start(server_name).await;
     let backends = Backends::with(&server)?;
@@ -479,6 +482,15 @@ async fn crash(server_name: &'static str, kills: usize) -> Option<(Pair, Server)
         p.front.wait_ready(true, Duration::from_secs(30)).await;
         p.storage.wait_ready(true, Duration::from_secs(30)).await;
     }
+    if hang {
+        tokio::time::sleep(random_between(Duration::from_millis(400), Duration::from_millis(1500))).await;
+        server.run("freeze").await;
+        p.storage.wait_ready(false, Duration::from_secs(30)).await;
+        server.run("thaw").await;
+        restarted = Instant::now();
+        p.front.wait_ready(true, Duration::from_secs(30)).await;
+        p.storage.wait_ready(true, Duration::from_secs(30)).await;
+    }
     // Some sends after the last restart too, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.send(true).unwrap();
@@ -498,8 +510,12 @@ async fn crash(server_name: &'static str, kills: usize) -> Option<(Pair, Server)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_killed_repeatedly_mid_stream() {
-    let Some((p, server)) = crash("rabbitmq", 3).await else { return };
-    assert!(p.storage.reconnects("amqp-consumer").await >= 3, "each crash is one counted reconnect\n{}", p.tails());
+    let Some((p, server)) = crash("rabbitmq", 3, true).await else { return };
+    assert!(
+        p.storage.reconnects("amqp-consumer").await >= 4,
+        "each crash and the hang: a counted reconnect\n{}",
+        p.tails()
+    );
     assert!(p.front.reconnects("amqp-publisher").await >= 1);
     // SIGTERM while the broker hangs (stopped, not dead: connections open, nothing answers):
     // both processes are out within the drain time.
@@ -510,6 +526,9 @@ async fn rabbitmq_killed_repeatedly_mid_stream() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let tails = p.tails();
+    if std::env::var("CHATMESH_CHAOS_SHOW_LOGS").is_ok() {
+        eprintln!("{tails}");
+    }
     let (front, storage) = (p.front, p.storage);
     let (f, s) = tokio::join!(front.terminate(), storage.terminate());
     let limit = GRACE + Duration::from_secs(3);
@@ -520,21 +539,21 @@ async fn rabbitmq_killed_repeatedly_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_killed_mid_stream() {
-    let Some((p, _server)) = crash("mariadb", 1).await else { return };
+    let Some((p, _server)) = crash("mariadb", 1, false).await else { return };
     assert!(p.storage.reconnects("database").await >= 1, "{}", p.tails());
     assert!(p.front.reconnects("database").await >= 1, "{}", p.tails());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_stream() {
-    let Some((p, _server)) = crash("redis", 1).await else { return };
+    let Some((p, _server)) = crash("redis", 1, false).await else { return };
     assert!(p.front.reconnects("session-store").await >= 1, "{}", p.tails());
     assert!(p.front.reconnects("redis-pubsub").await >= 1, "{}", p.tails());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_killed_mid_stream() {
-    let Some((p, _server)) = crash("elasticsearch", 1).await else { return };
+    let Some((p, _server)) = crash("elasticsearch", 1, false).await else { return };
     // Messages stored while the index was down went to the backlog (not lost silently) and
     // the backlog was indexed: assert_searchable above saw them.
     assert!(p.storage.metric("chatmesh_search_backlog_added_total").await >= 1, "{}", p.tails());

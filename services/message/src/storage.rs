@@ -146,3 +146,86 @@ async fn add_backlog(db: &Database, ids: &[String]) -> Result<(), BackendError> 
     q.execute(&db.pool).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatmesh_common::health::Health;
+    use chatmesh_common::search::UserDoc;
+    use chatmesh_proto::message_content::MsgContent;
+    use chatmesh_proto::{MessageContent, StringMessageInfo, UserInfo};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An index that refuses writes while `down`, and records what it took.
+    #[derive(Default)]
+    struct Flaky {
+        down: AtomicBool,
+        indexed: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl SearchIndex for Flaky {
+        async fn upsert_user(&self, _: &UserDoc) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn search_users(&self, _: &str, _: usize) -> Result<Vec<String>, BackendError> {
+            Ok(vec![])
+        }
+        async fn index_messages(&self, docs: &[MessageDoc]) -> Result<(), BackendError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BackendError::Search("connection refused".into()));
+            }
+            self.indexed.lock().unwrap().extend(docs.iter().map(|d| d.message_id.clone()));
+            Ok(())
+        }
+        async fn search_messages(&self, _: &str, _: &str, _: usize) -> Result<Vec<String>, BackendError> {
+            Ok(vec![])
+        }
+    }
+
+    fn message(id: &str) -> Vec<u8> {
+        MessageInfo {
+            message_id: id.into(),
+            chat_session_id: "s".into(),
+            timestamp: 1,
+            sender: Some(UserInfo { user_id: "u".into(), ..Default::default() }),
+            message: Some(MessageContent {
+                message_type: MessageType::String as i32,
+                msg_content: Some(MsgContent::StringMessage(StringMessageInfo { content: format!("text {id}") })),
+            }),
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test]
+    async fn an_indexing_failure_is_remembered_and_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect(&format!("sqlite://{}/m.db?mode=rwc", dir.path().display()), 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let index = Arc::new(Flaky::default());
+        let health = Health::default();
+        let storage = Storage {
+            db: db.clone(),
+            index: index.clone(),
+            db_link: health.link("database", true),
+            search_link: health.link("search", false),
+        };
+        index.down.store(true, Ordering::SeqCst);
+        // Stored and acknowledged although the index is down; remembered in the backlog.
+        storage.handle(&[message("m1"), message("m2")]).await.unwrap();
+        assert!(storage.search_link.cause().is_some(), "the failure is not silent");
+        let stored = messages::by_ids(&db, &["m1".into(), "m2".into()]).await.unwrap();
+        assert_eq!(stored.len(), 2);
+        assert!(storage.catch_up_once().await.is_err(), "still down: the backlog stays");
+        index.down.store(false, Ordering::SeqCst);
+        assert_eq!(storage.catch_up_once().await.unwrap(), 2);
+        assert_eq!(storage.catch_up_once().await.unwrap(), 0, "the backlog is empty once indexed");
+        assert_eq!(*index.indexed.lock().unwrap(), vec!["m1".to_string(), "m2".to_string()]);
+        assert!(storage.search_link.is_up());
+        // A redelivered batch (the broker did not see the acknowledgement) is stored once.
+        storage.handle(&[message("m1")]).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM message").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(n, 2);
+    }
+}
