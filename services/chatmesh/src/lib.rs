@@ -520,7 +520,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     }
 }
 
-/// `/healthz` (the process runs), `/readyz` (its backends answer), `/metrics`.
+/// `/healthz` (the process runs), `/readyz` (its required connections are up), `/metrics`.
 fn admin_router(backends: Arc<Backends>) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;

@@ -379,13 +379,20 @@ impl MessageQueue for DbQueue {
                     continue;
                 }
                 Ok(rows) => {
-                    let last = rows.last().map(|(seq, _)| *seq).unwrap_or_default();
-                    let bodies: Vec<Vec<u8>> = rows.into_iter().map(|(_, body)| body).collect();
+                    let (seqs, bodies): (Vec<i64>, Vec<Vec<u8>>) = rows.into_iter().unzip();
                     match tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).await {
                         Ok(Ok(())) => {
-                            let delete = sqlx::query("DELETE FROM queued_message WHERE seq <= ?")
-                                .bind(last)
-                                .execute(&self.db.pool);
+                            // Exactly the rows handled: with concurrent writers (MySQL) a lower
+                            // number may commit after a higher one was read.
+                            let sql = format!(
+                                "DELETE FROM queued_message WHERE seq IN ({})",
+                                crate::db::placeholders(seqs.len())
+                            );
+                            let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql));
+                            for seq in &seqs {
+                                delete = delete.bind(*seq);
+                            }
+                            let delete = delete.execute(&self.db.pool);
                             match tokio::time::timeout(OP_TIMEOUT, delete).await {
                                 Ok(done) => done.map(drop).map_err(|e| e.to_string()),
                                 Err(_) => Err("the database did not answer in time".into()),
