@@ -216,11 +216,14 @@ impl Backends {
     }
 }
 
-/// The front process (gateway, user, friend, file, transmit) and the storage process.
+/// The front process (gateway, user, friend, file, transmit), the storage process, and a
+/// second gateway (`edge`) whose clients get their pushes from the front through Redis.
 struct Pair {
     front: Proc,
     storage: Proc,
+    edge: Proc,
     client: Client,
+    edge_client: Client,
     _dir: tempfile::TempDir,
 }
 
@@ -253,20 +256,31 @@ impl Pair {
             format!("--http-listen=127.0.0.1:{http}"),
             format!("--ws-listen=127.0.0.1:{ws}"),
         ]);
-        let mut storage_args = shared;
+        let mut storage_args = shared.clone();
         storage_args
             .extend(["--target=message".to_string(), format!("--data-dir={}", dir.path().join("storage").display())]);
+        let (edge_http, edge_ws) = (free_port(), free_port());
+        let mut edge_args = shared;
+        edge_args.extend([
+            "--target=gateway".to_string(),
+            format!("--data-dir={}", dir.path().join("edge").display()),
+            format!("--http-listen=127.0.0.1:{edge_http}"),
+            format!("--ws-listen=127.0.0.1:{edge_ws}"),
+        ]);
         // Both at once on the empty database: the migration lock makes that safe.
         let mut front = Proc::spawn("front", bin, dir.path(), &front_args);
         let mut storage = Proc::spawn("storage", bin, dir.path(), &storage_args);
+        let mut edge = Proc::spawn("edge", bin, dir.path(), &edge_args);
         front.wait_ready(true, Duration::from_secs(60)).await;
         storage.wait_ready(true, Duration::from_secs(60)).await;
+        edge.wait_ready(true, Duration::from_secs(60)).await;
         let client = Client::new(&format!("http://127.0.0.1:{http}"), &format!("ws://127.0.0.1:{ws}"));
-        Pair { front, storage, client, _dir: dir }
+        let edge_client = Client::new(&format!("http://127.0.0.1:{edge_http}"), &format!("ws://127.0.0.1:{edge_ws}"));
+        Pair { front, storage, edge, client, edge_client, _dir: dir }
     }
 
     fn tails(&self) -> String {
-        format!("{}\n{}", self.front.tail(), self.storage.tail())
+        format!("{}\n{}\n{}", self.front.tail(), self.storage.tail(), self.edge.tail())
     }
 }
 
@@ -407,33 +421,36 @@ async fn assert_searchable(p: &Pair, ch: &Chat, acked: &[String], within: Durati
     }
 }
 
-/// A message sent now reaches the recipient's notification socket (opened before the crash).
+/// Messages sent now reach the recipient's notification socket on the other gateway (opened
+/// before the crash). Pushes are best effort (a send in the very moment of recovery may miss
+/// its push), so this sends until one arrives.
 async fn assert_push_arrives(p: &Pair, ch: &Chat, ws: &mut Notifications) {
-    let marker = format!("after-{}", &chatmesh_common::new_id()[..8]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    // Right after a restart a send may still be refused once or twice: retry until one is taken.
     loop {
-        match p.client.send_text(&ch.a, &ch.chat, &marker).await {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < deadline, "no send accepted after the restart: {e}\n{}", p.tails()),
+        let marker = format!("after-{}", &chatmesh_common::new_id()[..8]);
+        if let Err(e) = p.client.send_text(&ch.a, &ch.chat, &marker).await {
+            assert!(Instant::now() < deadline, "no send accepted after the restart: {e}\n{}", p.tails());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match ws.next(left).await {
-            Event::Notify(n) if n.notify_type() == NotifyType::ChatMessageNotify => {
-                let msg = n.notify_remarks.and_then(|r| match r {
-                    chatmesh_proto::notify_message::NotifyRemarks::NewMessageInfo(m) => m.message_info,
-                    _ => None,
-                });
-                if msg.as_ref().and_then(text).as_deref() == Some(marker.as_str()) {
-                    return;
+        let wait_until = (Instant::now() + Duration::from_secs(3)).min(deadline);
+        loop {
+            match ws.next(wait_until.saturating_duration_since(Instant::now())).await {
+                Event::Notify(n) if n.notify_type() == NotifyType::ChatMessageNotify => {
+                    let msg = n.notify_remarks.and_then(|r| match r {
+                        chatmesh_proto::notify_message::NotifyRemarks::NewMessageInfo(m) => m.message_info,
+                        _ => None,
+                    });
+                    if msg.as_ref().and_then(text).as_deref() == Some(marker.as_str()) {
+                        return;
+                    }
                 }
+                Event::Notify(_) => {}
+                Event::Quiet => break,
+                other => panic!("the notification socket closed: {other:?}\n{}", p.tails()),
             }
-            Event::Notify(_) => {}
-            other => panic!("no push after the restart: {other:?}\n{}", p.tails()),
         }
+        assert!(Instant::now() < deadline, "no push reached the other gateway after the restart\n{}", p.tails());
     }
 }
 
@@ -452,9 +469,10 @@ async fn crash(server_name: &'static str, kills: usize, hang: bool) -> Option<(P
     let server = Server::start(server_name).await;
     let backends = Backends::with(&server)?;
     let mut p = Pair::start(&bin, &backends).await;
-    let (front_pid, storage_pid) = (p.front.pid(), p.storage.pid());
+    let (front_pid, storage_pid, edge_pid) = (p.front.pid(), p.storage.pid(), p.edge.pid());
     let ch = chat(&p.client).await;
-    let mut ws = p.client.notifications("/ws", &ch.b).await.unwrap();
+    let mut ws = p.edge_client.notifications("/ws", &ch.b).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // presence recorded
     let since = chatmesh_common::unix_now() - 1;
     let (stop, stopped) = watch::channel(false);
     let sender = stream(&p.client, &ch.a, &ch.chat, &stopped);
@@ -474,13 +492,17 @@ async fn crash(server_name: &'static str, kills: usize, hang: bool) -> Option<(P
                 p.storage.wait_ready(false, Duration::from_secs(20)).await;
                 p.front.wait_ready(false, Duration::from_secs(20)).await;
             }
-            "redis" => p.front.wait_ready(false, Duration::from_secs(20)).await,
+            "redis" => {
+                p.front.wait_ready(false, Duration::from_secs(20)).await;
+                p.edge.wait_ready(false, Duration::from_secs(20)).await;
+            }
             _ => tokio::time::sleep(Duration::from_secs(2)).await, // search is not required
         }
         server.run("restart").await;
         restarted = Instant::now();
         p.front.wait_ready(true, Duration::from_secs(30)).await;
         p.storage.wait_ready(true, Duration::from_secs(30)).await;
+        p.edge.wait_ready(true, Duration::from_secs(30)).await;
     }
     if hang {
         tokio::time::sleep(random_between(Duration::from_millis(400), Duration::from_millis(1500))).await;
@@ -501,8 +523,8 @@ async fn crash(server_name: &'static str, kills: usize, hang: bool) -> Option<(P
     assert_searchable(&p, &ch, &acked, Duration::from_secs(60)).await;
     assert_push_arrives(&p, &ch, &mut ws).await;
     // Nobody restarted a process: the same two have been running all along.
-    assert!(p.front.alive() && p.storage.alive(), "a process died\n{}", p.tails());
-    assert_eq!((p.front.pid(), p.storage.pid()), (front_pid, storage_pid));
+    assert!(p.front.alive() && p.storage.alive() && p.edge.alive(), "a process died\n{}", p.tails());
+    assert_eq!((p.front.pid(), p.storage.pid(), p.edge.pid()), (front_pid, storage_pid, edge_pid));
     // Same login session: b's socket and session survived (b_nick only for failure messages).
     let _ = &ch.b_nick;
     Some((p, server))
@@ -531,6 +553,7 @@ async fn rabbitmq_killed_repeatedly_mid_stream() {
     }
     let (front, storage) = (p.front, p.storage);
     let (f, s) = tokio::join!(front.terminate(), storage.terminate());
+    p.edge.terminate().await;
     let limit = GRACE + Duration::from_secs(3);
     assert!(f <= limit && s <= limit, "SIGTERM took front {f:?}, storage {s:?} (grace {GRACE:?})\n{tails}");
     busy.abort();
@@ -549,6 +572,7 @@ async fn redis_killed_mid_stream() {
     let Some((p, _server)) = crash("redis", 1, false).await else { return };
     assert!(p.front.reconnects("session-store").await >= 1, "{}", p.tails());
     assert!(p.front.reconnects("redis-pubsub").await >= 1, "{}", p.tails());
+    assert!(p.edge.reconnects("redis-pubsub").await >= 1, "{}", p.tails());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
