@@ -28,7 +28,7 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub enum PushBus {
     Local(Connections),
-    Redis(RedisBus),
+    Redis(Box<RedisBus>),
 }
 
 #[derive(Clone)]
@@ -71,7 +71,7 @@ impl PushBus {
         conns.report_presence(tx);
         tokio::spawn(bus.clone().track_presence(rx, shutdown.clone()));
         tokio::spawn(bus.clone().listen(shutdown));
-        Ok(PushBus::Redis(bus))
+        Ok(PushBus::Redis(Box::new(bus)))
     }
 
     /// Delivers `notify` to every device of `users` (but the `skip_session` one), wherever
