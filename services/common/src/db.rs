@@ -171,6 +171,7 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::AssertSqlSafe;
 
     #[test]
     fn redacts_passwords() {
@@ -205,6 +206,28 @@ mod tests {
         }
         assert_eq!(sqlite_file(&url), Some(dir.path().join("race.db")));
         assert_eq!(sqlite_file("sqlite::memory:"), None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_migrations_on_one_mysql_database_all_succeed() {
+        let Some(server) = crate::test_url("CHATMESH_TEST_MYSQL_URL") else { return };
+        let name = format!("chatmesh_t_{}", &crate::new_id()[..12]);
+        let admin = Database::connect(&server, 1).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin.pool).await.unwrap();
+        let url = format!("{}/{name}", server.trim_end_matches('/'));
+        let mut runs = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            runs.spawn(async move { Database::connect(&url, 2).await?.migrate().await });
+        }
+        while let Some(done) = runs.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let db = Database::connect(&url, 1).await.unwrap();
+        let (applied,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(applied as usize, MYSQL.iter().count(), "each migration applied once");
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&admin.pool).await.unwrap();
     }
 
     #[tokio::test]
