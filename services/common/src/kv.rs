@@ -44,7 +44,9 @@ pub async fn open_tracked(
         Ok(Arc::new(MemoryStore::default()))
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
         let client = redis::Client::open(url)?;
-        let conn = redis::aio::ConnectionManager::new_with_config(client, manager_config()).await?;
+        // Connected on first use: a process started during a Redis outage comes up (not ready)
+        // and connects once Redis is back.
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, manager_config())?;
         Ok(Arc::new(RedisStore { conn, prefix: format!("{namespace}:"), link }))
     } else {
         Err(BackendError::UnsupportedUrl(crate::db::redact(url)))

@@ -57,11 +57,11 @@ impl PushBus {
         let client = redis::Client::open(redis_url)?;
         let bus = RedisBus {
             conns: conns.clone(),
-            redis: redis::aio::ConnectionManager::new_with_config(
+            // Connected on first use, like the session store.
+            redis: redis::aio::ConnectionManager::new_lazy_with_config(
                 client.clone(),
                 chatmesh_common::kv::manager_config(),
-            )
-            .await?,
+            )?,
             client,
             prefix: format!("{namespace}:"),
             gateway_id: chatmesh_common::new_id(),
