@@ -520,7 +520,14 @@ async fn crash(server_name: &'static str, kills: usize, hang: bool) -> Option<(P
     assert!(acked.len() >= 40, "too few sends succeeded to test anything: {}\n{}", acked.len(), p.tails());
 
     assert_stored_once(&p, &ch, since, &acked, restarted + Duration::from_secs(30)).await;
+    let stored_after = restarted.elapsed();
     assert_searchable(&p, &ch, &acked, Duration::from_secs(60)).await;
+    eprintln!(
+        "{server_name}: {} acknowledged sends, all stored once {:.1} s and searchable {:.1} s after the last recovery",
+        acked.len(),
+        stored_after.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
     assert_push_arrives(&p, &ch, &mut ws).await;
     // Nobody restarted a process: the same two have been running all along.
     assert!(p.front.alive() && p.storage.alive() && p.edge.alive(), "a process died\n{}", p.tails());
