@@ -312,6 +312,11 @@ else
   # install, with the RBAC scoped to the app namespace: other users of this API server (the
   # operator's own tests) must not see a second operator act on their ChatSystems. The rules
   # are the same list as the default ClusterRole's.
+  # The operator's tests apply the CRD too (as field manager chatmesh-tests): one that differs
+  # (another checkout's, on a shared test API server) would make Helm's server-side apply
+  # conflict. Helm (field manager "helm") takes the fields over first.
+  k apply --server-side --force-conflicts --field-manager=helm -f "$CHART/crds/$(basename "$CRD")" >/dev/null ||
+    die "applying the chart's CRD failed"
   "$HELM" install "$RELEASE" "$CHART" -n "$OP_NS" --set operator.watchNamespace="$APP_NS" \
     --set image.pullPolicy=Never >"$WORK/install.log" 2>&1 || die "helm install failed" "$WORK/install.log"
   k get crd chatsystems.chatmesh.io >/dev/null || die "helm install left no ChatSystem CRD"
