@@ -88,6 +88,7 @@ replies!(
     NewMessageRsp.errormsg,
     GetTransmitTargetRsp.errormsg,
     SpeechRecognitionRsp.errmsg,
+    UserLogoutRsp.errmsg,
 );
 
 macro_rules! open_requests {
@@ -148,6 +149,7 @@ session_requests!(
     MsgSearchReq,
     NewMessageReq,
     SpeechRecognitionReq,
+    UserLogoutReq,
 );
 
 #[cfg(test)]
