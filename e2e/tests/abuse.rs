@@ -434,11 +434,11 @@ async fn slow_websockets_are_closed_and_devices_capped() {
     }
 }
 
-/// Finding 9: SMS budgets per address; a per-user storage quota.
+/// Finding 9: SMS budgets per address; a per-user storage quota; replaced avatars deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_budgets_and_storage_quota() {
     for backend in backends() {
-        let flags = ["--sms-per-ip=3", "--storage-quota-bytes=100000"];
+        let flags = ["--sms-per-ip=3", "--storage-quota-bytes=200000"];
         let Some(s) = Stack::start_with(backend, &flags).await else { continue };
         for i in 0..3 {
             s.client.phone_code(&format!("1320013200{i}")).await.unwrap();
@@ -447,6 +447,11 @@ async fn sms_budgets_and_storage_quota() {
         assert!(msg.contains("too many requests from this address"), "{msg}");
         assert_eq!(s.sms.count(), 3);
         let (_, me) = s.user("quota").await;
+        // Replaced avatars are deleted: changing one's picture does not use up the quota.
+        for _ in 0..4 {
+            let rsp = set_avatar(&s, &me, noise_png(150, 150)).await;
+            assert!(rsp.success, "{}", rsp.errormsg);
+        }
         s.client.put_file(&me, "a", vec![1; 60_000]).await.unwrap();
         let msg = refused(s.client.put_file(&me, "b", vec![1; 60_000]).await);
         assert!(msg.contains("quota"), "{msg}");

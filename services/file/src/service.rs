@@ -75,6 +75,24 @@ impl FileService for Files {
         };
         reply(req.request_id.clone(), result.await)
     }
+
+    async fn delete_files(&self, req: Request<DeleteFilesReq>) -> Rpc<DeleteFilesRsp> {
+        let req = req.into_inner();
+        let result = async {
+            let owner = caller(&req)?;
+            if req.file_id_list.len() > self.max_files {
+                return Err(FileError::TooMany(self.max_files));
+            }
+            // Only the owner's own files go; others' look like missing ones and stay.
+            for row in self.store.meta(&req.file_id_list).await? {
+                if row.owner_id == owner {
+                    self.store.remove(&row.file_id).await?;
+                }
+            }
+            Ok(DeleteFilesRsp::default())
+        };
+        reply(req.request_id.clone(), result.await)
+    }
 }
 
 /// Files readable beyond their owner are stored only for the services whose work that is: chat

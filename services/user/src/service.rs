@@ -141,7 +141,7 @@ impl UserService for Users {
             if original.len() > self.max_avatar_bytes {
                 return Err(UserError::AvatarTooLarge(self.max_avatar_bytes));
             }
-            self.store.by_id(caller).await?.ok_or_else(|| UserError::UnknownUser(caller.into()))?;
+            let before = self.store.by_id(caller).await?.ok_or_else(|| UserError::UnknownUser(caller.into()))?;
             let (px, max) = (self.avatar_thumb_px, self.avatar_thumb_bytes);
             let (original, thumb) = self
                 .heavy
@@ -170,6 +170,18 @@ impl UserService for Users {
                 )));
             };
             self.store.set_avatar(caller, file_id, thumb_id).await?;
+            // The replaced avatar is deleted (best effort: a failure leaves an orphan file).
+            let old: Vec<String> = [before.avatar_id, before.avatar_thumb_id].into_iter().flatten().collect();
+            if !old.is_empty() {
+                let del = DeleteFilesReq {
+                    request_id: chatmesh_common::new_id(),
+                    user_id: Some(caller.to_string()),
+                    file_id_list: old,
+                };
+                if let Err(e) = expect_success(self.files.clone().delete_files(del).await) {
+                    tracing::warn!(user_id = %caller, error = %e, "a replaced avatar was not deleted");
+                }
+            }
             Ok(SetUserAvatarRsp::default())
         };
         reply(request_id, result.await)
