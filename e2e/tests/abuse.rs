@@ -262,7 +262,7 @@ async fn logout_ends_the_session(s: &Stack) {
     let (_, other) = s.user("stay").await;
     let req = UserLogoutReq { request_id: rid(), session_id: Some(session.clone()), ..Default::default() };
     let rsp: UserLogoutRsp = s.client.ok("/service/user/logout", &req).await.unwrap();
-    assert!(rsp.success);
+    assert_eq!(rsp.request_id, req.request_id);
     let err = s.client.user_info(&session).await.unwrap_err().to_string();
     assert!(err.contains("invalid or expired"), "{err}");
     let again: UserLogoutRsp = s.client.call("/service/user/logout", &req).await.unwrap();

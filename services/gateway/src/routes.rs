@@ -115,8 +115,11 @@ pub fn router(gw: Gateway) -> Router {
             let sessions = gw.sessions.clone();
             let call = move |req: UserLogoutReq| async move {
                 let revoked = sessions.revoke(req.session_id.as_deref().unwrap_or_default()).await;
+                let request_id = req.request_id;
                 match revoked {
-                    Ok(()) => Ok(tonic::Response::new(UserLogoutRsp { success: true, ..Default::default() })),
+                    Ok(()) => {
+                        Ok(tonic::Response::new(UserLogoutRsp { request_id, success: true, ..Default::default() }))
+                    }
                     Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                 }
             };

@@ -219,6 +219,20 @@ mod tests {
         assert!(!shown.contains("very-secret"), "{shown}");
     }
 
+    #[test]
+    fn the_worker_venv_is_found_like_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let python = data.join("speech/venv/bin/python");
+        std::fs::create_dir_all(python.parent().unwrap()).unwrap();
+        assert_ne!(default_python(&data), python, "no interpreter there yet");
+        std::fs::write(&python, "").unwrap();
+        assert_eq!(default_python(&data), python);
+        let cli = Cli::parse_from(["x", "--speech-python", "/opt/py/bin/python"]);
+        let config = cli.speech.offline.config_with_python(PathBuf::new(), python, None, Duration::from_secs(1));
+        assert_eq!(config.python, PathBuf::from("/opt/py/bin/python"), "the flag wins");
+    }
+
     #[tokio::test]
     async fn cloud_providers_refuse_incomplete_settings_at_startup() {
         let cli = Cli::parse_from(["x", "--speech-provider", "baidu", "--baidu-api-key", "k"]);
