@@ -333,7 +333,7 @@ async fn multi_file_reads_are_deduplicated_and_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_are_bounded_and_slow_connections_closed() {
     for backend in backends() {
-        let flags = ["--request-read-timeout=2s", "--idle-timeout=3s"];
+        let flags = ["--header-read-timeout=2s", "--idle-timeout=3s"];
         let Some(s) = Stack::start_with(backend, &flags).await else { continue };
         let (_, me) = s.user("body").await;
         let req = SetUserDescriptionReq {

@@ -486,14 +486,15 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             bus,
         );
         for (addr, router) in [(cli.http_listen, gw.http_router()), (cli.ws_listen, gw.ws_router())] {
-            // Connection cap, idle and request-arrival timeouts, the peer address for limits.
+            // Connection cap, idle and header timeouts, the peer address for limits.
             let listener = chatmesh_gateway::edge::GuardedListener::new(grpc::bind(addr).await?, &cli.gateway);
             tracing::info!(%addr, "gateway listening");
             let mut stop = shutdown.clone();
+            let header_timeout = cli.gateway.header_read_timeout;
             tasks.spawn(async move {
                 let stopped = async move { chatmesh_common::stopped(&mut stop).await };
-                let app = router.into_make_service_with_connect_info::<chatmesh_gateway::edge::PeerAddr>();
-                axum::serve(listener, app).with_graceful_shutdown(stopped).await.map_err(anyhow::Error::from)
+                chatmesh_gateway::edge::serve(listener, router, header_timeout, stopped).await;
+                Ok(())
             });
         }
     }

@@ -1,6 +1,6 @@
-//! The gateway's edge against hostile clients: a cap on open connections, an idle timeout, and
-//! a deadline for each request to arrive (slowloris), enforced on the socket itself; and the
-//! client's address, taken from a trusted proxy's header only when one is configured.
+//! The gateway's edge against hostile clients: a cap on open connections and an idle timeout,
+//! enforced on the socket itself; a deadline for each request's headers (slowloris), enforced by
+//! hyper; and the client's address, taken from a trusted proxy's header only when configured.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -9,9 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::connect_info::Connected;
 use axum::http::HeaderMap;
 use axum::serve::{IncomingStream, Listener};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,17 +28,11 @@ pub struct GuardedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     idle: Duration,
-    request: Duration,
 }
 
 impl GuardedListener {
     pub fn new(inner: TcpListener, args: &GatewayArgs) -> Self {
-        Self {
-            inner,
-            slots: Arc::new(Semaphore::new(args.max_connections.max(1))),
-            idle: args.idle_timeout,
-            request: args.request_read_timeout,
-        }
+        Self { inner, slots: Arc::new(Semaphore::new(args.max_connections.max(1))), idle: args.idle_timeout }
     }
 }
 
@@ -48,7 +46,7 @@ impl Listener for GuardedListener {
             match self.inner.accept().await {
                 Ok((io, addr)) => {
                     let _ = io.set_nodelay(true);
-                    return (GuardedStream::new(io, permit, self.idle, self.request), addr);
+                    return (GuardedStream::new(io, permit, self.idle), addr);
                 }
                 // As axum's own listener: transient errors (too many open files) pass.
                 Err(e) => {
@@ -80,39 +78,23 @@ impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
     }
 }
 
-/// A connection that fails once nothing moved for `idle`, or once a request has been arriving
-/// for `request` without the server answering (a client dribbling headers or a body).
+/// A connection that fails once nothing moved on it for `idle` (the slot it holds is freed).
 pub struct GuardedStream {
     io: TcpStream,
     _slot: OwnedSemaphorePermit,
     idle: Duration,
-    request: Duration,
     idle_timer: Pin<Box<Sleep>>,
-    /// Armed by the first byte read after the last write.
-    request_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl GuardedStream {
-    fn new(io: TcpStream, slot: OwnedSemaphorePermit, idle: Duration, request: Duration) -> Self {
-        Self {
-            io,
-            _slot: slot,
-            idle,
-            request,
-            idle_timer: Box::pin(tokio::time::sleep(idle)),
-            request_timer: Some(Box::pin(tokio::time::sleep(request))),
-        }
+    fn new(io: TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
+        Self { io, _slot: slot, idle, idle_timer: Box::pin(tokio::time::sleep(idle)) }
     }
 
-    /// Pending timers register the waker; an expired one is the connection's end.
+    /// A pending timer registers the waker; an expired one is the connection's end.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.idle_timer.as_mut().poll(cx).is_ready() {
             return Some(io::Error::new(io::ErrorKind::TimedOut, "connection idle too long"));
-        }
-        if let Some(t) = self.request_timer.as_mut()
-            && t.as_mut().poll(cx).is_ready()
-        {
-            return Some(io::Error::new(io::ErrorKind::TimedOut, "request took too long to arrive"));
         }
         None
     }
@@ -129,10 +111,6 @@ impl AsyncRead for GuardedStream {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     self.moved();
-                    if self.request_timer.is_none() {
-                        let deadline = self.request;
-                        self.request_timer = Some(Box::pin(tokio::time::sleep(deadline)));
-                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -151,8 +129,6 @@ impl AsyncWrite for GuardedStream {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     self.moved();
-                    // The server is answering: the request arrived in time.
-                    self.request_timer = None;
                 }
                 Poll::Ready(Ok(n))
             }
@@ -173,6 +149,46 @@ impl AsyncWrite for GuardedStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// Serves `router` on `listener` over HTTP/1 with upgrades (the WebSocket), giving each request
+/// `header_read_timeout` to send its headers; stops accepting when `shutdown` resolves, and asks
+/// open connections to finish.
+pub async fn serve(
+    mut listener: GuardedListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        // What `ConnectInfo<PeerAddr>` extracts, as axum's connect-info service would insert it.
+        let app = router.clone().layer(axum::Extension(ConnectInfo(PeerAddr(addr))));
+        let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app)).with_upgrades();
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                }
+                () = chatmesh_common::stopped(&mut stopping) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    let _ = stop.send(true);
 }
 
 /// The client's address: from `trusted_header` (the last entry, the one the trusted proxy

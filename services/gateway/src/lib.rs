@@ -38,11 +38,12 @@ pub struct GatewayArgs {
     /// How long a request body may take to arrive once its handler reads it.
     #[arg(long, env = "CHATMESH_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
-    /// How long a request (headers and body) may take to arrive before the server answers;
-    /// closes connections that dribble bytes (slowloris).
-    #[arg(long, env = "CHATMESH_REQUEST_READ_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
-    pub request_read_timeout: Duration,
-    /// A connection on which nothing moved this long is closed (longer than the ping interval).
+    /// How long a request's headers may take to arrive; closes connections that dribble them
+    /// (slowloris).
+    #[arg(long, env = "CHATMESH_HEADER_READ_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection on which nothing moved this long is closed (longer than the ping interval
+    /// and than the slowest request's processing, e.g. --speech-timeout).
     #[arg(long, env = "CHATMESH_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Most open connections per gateway port; more wait in the kernel's backlog.
