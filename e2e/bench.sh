@@ -5,6 +5,7 @@
 #   bash e2e/bench.sh standalone     # SQLite, in-process queue, embedded search
 #   bash e2e/bench.sh full           # MariaDB, Redis, RabbitMQ, Elasticsearch (e2e/infra)
 #   bash e2e/bench.sh tls            # standalone latency, internal mTLS off and on in alternating rounds (ROUNDS=2)
+#   bash e2e/bench.sh abuse          # hostile and heavy clients (standalone): memory and push size
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode="${1:-standalone}"
@@ -22,7 +23,9 @@ args=(--target all --data-dir "$dir" --log warn --http-listen 127.0.0.1:19000 --
   --file-listen 127.0.0.1:19002 --file-addr http://127.0.0.1:19002 --friend-listen 127.0.0.1:19006
   --friend-addr http://127.0.0.1:19006 --transmit-listen 127.0.0.1:19004 --transmit-addr http://127.0.0.1:19004
   --message-listen 127.0.0.1:19005 --message-addr http://127.0.0.1:19005 --sms-provider log
-  --speech-listen 127.0.0.1:19007 --speech-addr http://127.0.0.1:19007)
+  --speech-listen 127.0.0.1:19007 --speech-addr http://127.0.0.1:19007
+  # One user holds the idle sockets; one address makes every login.
+  --ws-max-devices 20000 --login-per-ip 0)
 if [[ "$mode" == full ]]; then
   eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch)"
   db="chatmesh_bench_$RANDOM"
@@ -66,6 +69,11 @@ if [[ "$mode" == tls ]]; then
     pid=
     rm -rf "${dir:?}/files" "$dir/chatmesh.db"*
   done
+  exit 0
+fi
+if [[ "$mode" == abuse ]]; then
+  start
+  "${load[@]}" abuse --gateway-pid "$pid"
   exit 0
 fi
 start

@@ -203,6 +203,7 @@ async fn sessions_are_shown_to_members_only(s: &Stack) {
         (vec![a.id.clone()], "g", "at least two"),
         (no_creator, "g", "include its creator"),
         (unknown, "g", "unknown user"),
+        (both.clone(), "g", "not your friend"),
         (both.clone(), "", "1 to 64"),
         (both.clone(), &"n".repeat(65) as &str, "1 to 64"),
     ] {
@@ -210,8 +211,11 @@ async fn sessions_are_shown_to_members_only(s: &Stack) {
         assert!(msg.contains(expect), "{expect}: {msg}");
     }
     assert!(s.client.chat_sessions(&a.session).await.unwrap().is_empty(), "refused groups changed nothing");
+    let event = s.client.apply(&a.session, &b.id).await.unwrap();
+    s.client.process(&b.session, &event, &a.id, true).await.unwrap();
     s.client.create_group(&a.session, "pair", &[a.id.clone(), b.id.clone(), a.id.clone()]).await.unwrap();
-    let group = s.client.chat_sessions(&b.session).await.unwrap().remove(0);
+    let group =
+        s.client.chat_sessions(&b.session).await.unwrap().into_iter().find(|g| g.chat_session_name == "pair").unwrap();
     assert_eq!(s.client.members(&a.session, &group.chat_session_id).await.unwrap().len(), 2, "duplicates collapse");
     let not_yours = refused(s.client.members(&outsider.session, &group.chat_session_id).await);
     let unknown = refused(s.client.members(&outsider.session, "no-such-session").await);
@@ -254,8 +258,11 @@ async fn search_follows_profiles(s: &Stack) {
         ..Default::default()
     };
     let _: SetUserPhoneNumberRsp = s.client.ok("/service/user/set_phone", &req).await.unwrap();
-    let found = s.client.search(&a.session, "133001330").await.unwrap();
+    // Only the exact number finds its owner, and strangers never see it.
+    assert!(s.client.search(&a.session, "133001330").await.unwrap().is_empty(), "no phone substrings");
+    let found = s.client.search(&a.session, phone).await.unwrap();
     assert_eq!(found.iter().map(|u| u.user_id.as_str()).collect::<Vec<_>>(), [b.id.as_str()]);
+    assert_eq!(found[0].phone, "", "a phone number is shown to its owner only");
     // Search metacharacters are literal.
     assert!(s.client.search(&a.session, "%").await.unwrap().is_empty());
     assert!(s.client.search(&a.session, "*").await.unwrap().is_empty());

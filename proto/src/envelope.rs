@@ -88,6 +88,8 @@ replies!(
     NewMessageRsp.errormsg,
     GetTransmitTargetRsp.errormsg,
     SpeechRecognitionRsp.errmsg,
+    UserLogoutRsp.errmsg,
+    DeleteFilesRsp.errmsg,
 );
 
 macro_rules! open_requests {
@@ -101,6 +103,19 @@ macro_rules! open_requests {
 }
 
 open_requests!(UserRegisterReq, UserLoginReq, PhoneVerifyCodeReq, PhoneRegisterReq, PhoneLoginReq, GetMultiUserInfoReq,);
+
+/// Internal only: the caller is the service-set `user_id`.
+impl Envelope for DeleteFilesReq {
+    fn request_id(&self) -> &str {
+        &self.request_id
+    }
+    fn set_user_id(&mut self, user_id: String) {
+        self.user_id = Some(user_id);
+    }
+    fn user_id(&self) -> &str {
+        self.user_id.as_deref().unwrap_or("")
+    }
+}
 
 macro_rules! session_requests {
     ($($t:ident $({ $($internal:ident),* })?),* $(,)?) => {$(
@@ -148,6 +163,7 @@ session_requests!(
     MsgSearchReq,
     NewMessageReq,
     SpeechRecognitionReq,
+    UserLogoutReq,
 );
 
 #[cfg(test)]

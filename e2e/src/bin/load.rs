@@ -48,6 +48,24 @@ enum Mode {
         #[arg(long)]
         gateway_pid: u32,
     },
+    /// Hostile and heavy clients (issue 12): the gateway's memory under concurrent logins,
+    /// never-reading sockets and oversized bodies, and the size of a push from a user with a
+    /// big avatar. Run the server with limits that let the load in (see e2e/bench.sh).
+    Abuse {
+        #[arg(long)]
+        gateway_pid: u32,
+        #[arg(long, default_value_t = 1000)]
+        logins: usize,
+        #[arg(long, default_value_t = 100)]
+        sockets: usize,
+        #[arg(long, default_value_t = 10_000)]
+        pushes: usize,
+        #[arg(long, default_value_t = 10)]
+        bodies: usize,
+        /// The size the bodies announce and send (the gateway's --max-body-bytes).
+        #[arg(long, default_value_t = 80 * 1024 * 1024)]
+        body_bytes: usize,
+    },
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -87,6 +105,241 @@ async fn main() {
             messages(client, rate, duration, pairs, concurrency).await
         }
         Mode::Idle { connections, gateway_pid } => idle(client, connections, gateway_pid).await,
+        Mode::Abuse { gateway_pid, logins, sockets, pushes, bodies, body_bytes } => {
+            let http = args.http.trim_start_matches("http://").to_string();
+            abuse::run(client, http, gateway_pid, abuse::Sizes { logins, sockets, pushes, bodies, body_bytes }).await
+        }
+    }
+}
+
+mod abuse {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use chatmesh_e2e::{Client, Event, rid, text_message};
+    use chatmesh_proto::*;
+    use prost::Message;
+    use tokio::io::AsyncWriteExt;
+
+    use super::{rss_kib, user};
+
+    pub struct Sizes {
+        pub logins: usize,
+        pub sockets: usize,
+        pub pushes: usize,
+        pub bodies: usize,
+        pub body_bytes: usize,
+    }
+
+    /// Samples the gateway's RSS every 20 ms until stopped; returns the peak in KiB.
+    fn watch_peak(pid: u32) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            p.load(Ordering::Relaxed)
+        });
+        (stop, task)
+    }
+
+    async fn peak_of<F: std::future::Future>(pid: u32, work: F) -> (u64, u64, F::Output) {
+        let before = rss_kib(pid);
+        let (stop, task) = watch_peak(pid);
+        let out = work.await;
+        stop.store(true, Ordering::Relaxed);
+        (before, task.await.unwrap(), out)
+    }
+
+    fn mib(kib: u64) -> f64 {
+        kib as f64 / 1024.0
+    }
+
+    /// A picture of random pixels (PNG cannot compress it).
+    fn noise_png(w: u32, h: u32) -> Vec<u8> {
+        let mut seed = 0x2545_f491_u32;
+        let img = image::RgbImage::from_fn(w, h, |_, _| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+        });
+        let mut out = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("PNG to memory");
+        out
+    }
+
+    async fn friends(c: &Client, a: &(String, String), b: &(String, String)) -> String {
+        let event = c.apply(&a.1, &b.0).await.expect("apply");
+        c.process(&b.1, &event, &a.0, true).await.expect("accept");
+        let sessions = c.chat_sessions(&a.1).await.expect("sessions");
+        sessions
+            .into_iter()
+            .find(|s| s.single_chat_friend_id.as_deref() == Some(&b.0))
+            .expect("session")
+            .chat_session_id
+    }
+
+    pub async fn run(client: Client, http: String, pid: u32, n: Sizes) {
+        // 1. Concurrent logins of unknown names: every one costs a password hash.
+        let (before, peak, refused) = peak_of(pid, async {
+            let tasks: Vec<_> = (0..n.logins)
+                .map(|i| {
+                    let c = client.clone();
+                    tokio::spawn(async move { c.login(&format!("nobody{i}"), "wrong_pass1").await })
+                })
+                .collect();
+            let mut busy = 0;
+            for t in tasks {
+                if let Err(e) = t.await.unwrap()
+                    && e.to_string().contains("busy")
+                {
+                    busy += 1;
+                }
+            }
+            busy
+        })
+        .await;
+        println!(
+            "{} concurrent logins: gateway RSS {:.0} MiB -> peak {:.0} MiB (goal < 200 MiB); {refused} answered busy",
+            n.logins,
+            mib(before),
+            mib(peak)
+        );
+
+        // 2. Never-reading sockets receiving pushes.
+        let sender = user(&client, "abs", 0).await;
+        let reader = user(&client, "abr", 0).await;
+        let chat = friends(&client, &sender, &reader).await;
+        let mut sockets = Vec::new();
+        for _ in 0..n.sockets {
+            sockets.push(client.notifications("/ws", &reader.1).await.expect("websocket"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (before, peak, sent) = peak_of(pid, async {
+            let permits = Arc::new(tokio::sync::Semaphore::new(64));
+            let mut sends = tokio::task::JoinSet::new();
+            for i in 0..n.pushes {
+                let permit = permits.clone().acquire_owned().await.unwrap();
+                let (c, s, chat) = (client.clone(), sender.1.clone(), chat.clone());
+                sends.spawn(async move {
+                    let ok = c.send(&s, &chat, text_message(&format!("push {i} {}", "z".repeat(1000)))).await.is_ok();
+                    drop(permit);
+                    ok
+                });
+            }
+            let mut ok = 0;
+            while let Some(r) = sends.join_next().await {
+                ok += r.unwrap() as usize;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            ok
+        })
+        .await;
+        let mut closed = 0;
+        for mut ws in sockets {
+            // Reading now drains what the kernel buffered; a closed socket then ends.
+            loop {
+                match ws.next(Duration::from_secs(2)).await {
+                    Event::Notify(_) => {}
+                    Event::Closed(_) => {
+                        closed += 1;
+                        break;
+                    }
+                    Event::Quiet => break,
+                }
+            }
+        }
+        println!(
+            "{} never-reading sockets, {sent} messages pushed to each: gateway RSS {:.0} MiB -> peak {:.0} MiB, \
+             growth {:.1} MiB (goal < 64 MiB); {closed} sockets closed by the server",
+            n.sockets,
+            mib(before),
+            mib(peak),
+            mib(peak.saturating_sub(before))
+        );
+
+        // 3. Oversized bodies with a forged session, all at once.
+        let (before, peak, answered) = peak_of(pid, async {
+            let tasks: Vec<_> = (0..n.bodies)
+                .map(|_| {
+                    let http = http.clone();
+                    let size = n.body_bytes;
+                    tokio::spawn(async move { forged_upload(&http, size).await })
+                })
+                .collect();
+            let mut answered = 0;
+            for t in tasks {
+                answered += t.await.unwrap() as usize;
+            }
+            answered
+        })
+        .await;
+        println!(
+            "{} concurrent {} MiB bodies with a bad session: gateway RSS {:.0} MiB -> peak {:.0} MiB, growth {:.1} MiB \
+             (goal < 100 MiB); {answered} refused before the body was sent",
+            n.bodies,
+            n.body_bytes >> 20,
+            mib(before),
+            mib(peak),
+            mib(peak.saturating_sub(before))
+        );
+
+        // 4. A push from a user with a 2 MiB avatar.
+        let vain = user(&client, "abv", 0).await;
+        let fan = user(&client, "abf", 0).await;
+        let avatar = noise_png(820, 820);
+        let avatar_len = avatar.len();
+        let req =
+            SetUserAvatarReq { request_id: rid(), session_id: Some(vain.1.clone()), avatar, ..Default::default() };
+        let rsp: SetUserAvatarRsp = client.call("/service/user/set_avatar", &req).await.expect("set avatar");
+        assert!(rsp.success, "{}", rsp.errormsg);
+        let chat = friends(&client, &vain, &fan).await;
+        let mut ws = client.notifications("/ws", &fan.1).await.expect("websocket");
+        client.send_text(&vain.1, &chat, "hi").await.expect("send");
+        match ws.next(Duration::from_secs(10)).await {
+            Event::Notify(n) => println!(
+                "a push of \"hi\" from a user with a {:.1} MiB avatar: {} bytes on the wire (goal < 40 KiB)",
+                avatar_len as f64 / 1048576.0,
+                n.encoded_len()
+            ),
+            other => println!("no push arrived: {other:?}"),
+        }
+    }
+
+    /// Announces `size` bytes of upload with a forged session and sends as much as the server
+    /// takes; true when the server answered before the whole body was sent.
+    async fn forged_upload(http: &str, size: usize) -> bool {
+        let head = PutSingleFileReq { request_id: rid(), session_id: Some("forged".into()), ..Default::default() };
+        let mut prefix = head.encode_to_vec();
+        let payload = size - prefix.len() - 10;
+        prefix.push(0x22); // field 4, length-delimited
+        prost::encoding::encode_varint(payload as u64, &mut prefix);
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(http).await else { return false };
+        let request = format!(
+            "POST /service/file/put_single_file HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Length: {}\r\n\r\n",
+            prefix.len() + payload
+        );
+        if tcp.write_all(request.as_bytes()).await.is_err() || tcp.write_all(&prefix).await.is_err() {
+            return true;
+        }
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = payload;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if tcp.write_all(&chunk[..n]).await.is_err() {
+                return true;
+            }
+            left -= n;
+        }
+        false
     }
 }
 

@@ -24,6 +24,9 @@ pub enum Backend {
     Standalone,
     /// MariaDB, Redis, RabbitMQ, Elasticsearch from `CHATMESH_TEST_{MYSQL,REDIS,AMQP,ES}_URL`.
     Real,
+    /// MariaDB with the embedded search (the database answers searches itself) and in-memory
+    /// sessions and queue: the SQL the embedded search writes, on MySQL's dialect.
+    MariaDbEmbedded,
 }
 
 /// One running `chatmesh::run`, as a separate process would be.
@@ -138,6 +141,13 @@ impl Stack {
             let port = free_port();
             shared.push(format!("--{service}-listen=127.0.0.1:{port}"));
             shared.push(format!("--{service}-addr=http://127.0.0.1:{port}"));
+        }
+        if backend == Backend::MariaDbEmbedded {
+            let mysql = real_url("CHATMESH_TEST_MYSQL_URL")?;
+            let name = format!("chatmesh_t_{}", &chatmesh_common::new_id()[..12]);
+            create_database(&mysql, &name).await;
+            shared.push(format!("--database-url={}/{name}", mysql.trim_end_matches('/')));
+            shared.push("--search-url=embedded://".into());
         }
         if backend == Backend::Real {
             let mysql = real_url("CHATMESH_TEST_MYSQL_URL")?;
@@ -273,6 +283,36 @@ macro_rules! both_backends {
             })*
         }
     };
+}
+
+/// Like [`both_backends!`], plus MariaDB with the embedded search.
+#[macro_export]
+macro_rules! all_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::both_backends!($($name),*);
+        mod mariadb_embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if $crate::support::external::gateway().is_some() {
+                    $crate::support::external::skip("runs in this process, not on the external gateway");
+                    return;
+                }
+                let Some(stack) = $crate::support::Stack::start($crate::support::Backend::MariaDbEmbedded).await
+                else { return };
+                super::$name(&stack).await;
+                stack.stop().await;
+            })*
+        }
+    };
+}
+
+/// The backends a test with its own flags runs on, one after the other (an external gateway
+/// takes no flags: none then).
+pub fn backends() -> Vec<Backend> {
+    if external::gateway().is_some() {
+        return Vec::new();
+    }
+    vec![Backend::Standalone, Backend::MariaDbEmbedded, Backend::Real]
 }
 
 // ---- External gateway mode -------------------------------------------------------------------

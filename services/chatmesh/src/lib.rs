@@ -84,6 +84,9 @@ pub struct Cli {
     /// Login sessions end after this long without use.
     #[arg(long, env = "CHATMESH_SESSION_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
+    /// Login sessions end this long after login, however much they are used.
+    #[arg(long, env = "CHATMESH_SESSION_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub session_max_age: Duration,
 
     #[arg(long, env = "CHATMESH_HTTP_LISTEN", default_value = "0.0.0.0:9000")]
     pub http_listen: SocketAddr,
@@ -351,7 +354,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         return Ok(());
     }
     let (db, kv, index, queue) = (&backends.db, &backends.kv, &backends.index, &backends.queue);
-    let sessions = kv.clone().map(|kv| LoginSessions::new(kv, cli.session_ttl));
+    let sessions = kv.clone().map(|kv| LoginSessions::with_max_age(kv, cli.session_ttl, cli.session_max_age));
     // Metrics render from this process-wide recorder (installed before any request counts).
     chatmesh_common::telemetry::metrics();
 
@@ -483,9 +486,16 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             bus,
         );
         for (addr, router) in [(cli.http_listen, gw.http_router()), (cli.ws_listen, gw.ws_router())] {
-            let listener = grpc::bind(addr).await?;
+            // Connection cap, idle and header timeouts, the peer address for limits.
+            let listener = chatmesh_gateway::edge::GuardedListener::new(grpc::bind(addr).await?, &cli.gateway);
             tracing::info!(%addr, "gateway listening");
-            spawn_http(&mut tasks, listener, router);
+            let mut stop = shutdown.clone();
+            let header_timeout = cli.gateway.header_read_timeout;
+            tasks.spawn(async move {
+                let stopped = async move { chatmesh_common::stopped(&mut stop).await };
+                chatmesh_gateway::edge::serve(listener, router, header_timeout, stopped).await;
+                Ok(())
+            });
         }
     }
     let mut stop = shutdown.clone();

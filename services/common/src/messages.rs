@@ -162,7 +162,7 @@ pub async fn by_ids(db: &Database, ids: &[String]) -> Result<Vec<MessageRow>, Ba
 pub async fn search_text(db: &Database, session: &str, key: &str, limit: i64) -> Result<Vec<String>, BackendError> {
     let sql = format!(
         "SELECT message_id FROM message WHERE chat_session_id = ? AND message_type = 0 \
-         AND LOWER(content) LIKE ? ESCAPE '\\' ORDER BY created_at DESC, message_id DESC LIMIT {limit}"
+         AND LOWER(content) LIKE ? ESCAPE '!' ORDER BY created_at DESC, message_id DESC LIMIT {limit}"
     );
     let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(session)

@@ -37,8 +37,9 @@ pub struct MessageDoc {
 pub trait SearchIndex: Send + Sync + 'static {
     /// Adds or replaces a user; searches see it as soon as this returns.
     async fn upsert_user(&self, doc: &UserDoc) -> Result<(), BackendError>;
-    /// Ids of users whose nickname contains `key` (any case), whose phone contains it, or whose
-    /// id is `key`; at most `limit`.
+    /// Ids of users whose nickname contains `key` (any case), whose phone is exactly `key`
+    /// (no substrings: numbers cannot be harvested digit by digit), or whose id is `key`; at
+    /// most `limit`.
     async fn search_users(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError>;
     /// Adds text messages (idempotent by message id); searchable within about a second.
     async fn index_messages(&self, docs: &[MessageDoc]) -> Result<(), BackendError>;
@@ -85,9 +86,11 @@ pub struct SqlSearch {
     db: Database,
 }
 
-/// `%key%` with LIKE's own wildcards escaped, so `_` and `%` match themselves.
+/// `%key%` with LIKE's own wildcards escaped, so `_` and `%` match themselves; use with
+/// `ESCAPE '!'` (not a backslash, which MySQL/MariaDB also treat as an escape inside string
+/// literals: `ESCAPE '\'` is a syntax error there).
 pub fn like_pattern(key: &str) -> String {
-    let escaped = key.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let escaped = key.replace('!', "!!").replace('%', "!%").replace('_', "!_");
     format!("%{}%", escaped.to_lowercase())
 }
 
@@ -112,11 +115,11 @@ impl SearchIndex for SqlSearch {
     async fn search_users(&self, key: &str, limit: usize) -> Result<Vec<String>, BackendError> {
         let pattern = like_pattern(key);
         let sql = format!(
-            "SELECT user_id FROM users WHERE LOWER(nickname) LIKE ? ESCAPE '\\' OR phone LIKE ? ESCAPE '\\' \
+            "SELECT user_id FROM users WHERE LOWER(nickname) LIKE ? ESCAPE '!' OR phone = ? \
              OR user_id = ? ORDER BY created_at LIMIT {limit}"
         );
         let rows: Vec<(String,)> =
-            sqlx::query_as(AssertSqlSafe(sql)).bind(&pattern).bind(&pattern).bind(key).fetch_all(&self.db.pool).await?;
+            sqlx::query_as(AssertSqlSafe(sql)).bind(&pattern).bind(key).bind(key).fetch_all(&self.db.pool).await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 }
@@ -228,7 +231,7 @@ impl SearchIndex for ElasticSearch {
             "size": limit,
             "query": {"bool": {"should": [
                 {"wildcard": {"nickname": {"value": pattern, "case_insensitive": true}}},
-                {"wildcard": {"phone": {"value": pattern}}},
+                {"term": {"phone": key}},
                 {"term": {"user_id": key}}
             ]}}
         });
@@ -290,7 +293,7 @@ mod tests {
 
     #[test]
     fn patterns_escape_their_metacharacters() {
-        assert_eq!(like_pattern("A_b%"), "%a\\_b\\%%");
+        assert_eq!(like_pattern("A_b%!"), "%a!_b!%!!%");
         assert_eq!(wildcard("a*b?"), "*a\\*b\\?*");
     }
 }

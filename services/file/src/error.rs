@@ -17,6 +17,10 @@ pub enum FileError {
     NoData,
     #[error("more than {0} files in one request")]
     TooMany(usize),
+    #[error("the files asked for total more than {0} bytes; ask for fewer at a time")]
+    ResponseTooLarge(usize),
+    #[error("storage quota of {0} bytes is used up; delete something first")]
+    Quota(u64),
     #[error("file {0} not found")]
     NotFound(String),
     #[error("request carries no user id")]

@@ -14,6 +14,9 @@ pub struct Files {
     pub store: FileStore,
     pub max_file_bytes: usize,
     pub max_files: usize,
+    pub max_response_bytes: usize,
+    /// Bytes one owner may store in all; 0 for none.
+    pub quota_bytes: u64,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -35,7 +38,11 @@ impl FileService for Files {
             if req.file_id_list.len() > self.max_files {
                 return Err(FileError::TooMany(self.max_files));
             }
-            let files = self.read(caller(&req)?, &req.file_id_list).await?;
+            // Each file once, however often it is named.
+            let mut ids = req.file_id_list.clone();
+            ids.sort();
+            ids.dedup();
+            let files = self.read(caller(&req)?, &ids).await?;
             let file_data = files.into_iter().map(|f| (f.file_id.clone(), f)).collect();
             Ok(GetMultiFileRsp { file_data, ..Default::default() })
         };
@@ -65,6 +72,24 @@ impl FileService for Files {
             }
             let file_info = self.write(caller(&req)?, req.access.as_ref(), &req.file_data).await?;
             Ok(PutMultiFileRsp { file_info, ..Default::default() })
+        };
+        reply(req.request_id.clone(), result.await)
+    }
+
+    async fn delete_files(&self, req: Request<DeleteFilesReq>) -> Rpc<DeleteFilesRsp> {
+        let req = req.into_inner();
+        let result = async {
+            let owner = caller(&req)?;
+            if req.file_id_list.len() > self.max_files {
+                return Err(FileError::TooMany(self.max_files));
+            }
+            // Only the owner's own files go; others' look like missing ones and stay.
+            for row in self.store.meta(&req.file_id_list).await? {
+                if row.owner_id == owner {
+                    self.store.remove(&row.file_id).await?;
+                }
+            }
+            Ok(DeleteFilesRsp::default())
         };
         reply(req.request_id.clone(), result.await)
     }
@@ -114,6 +139,13 @@ impl Files {
     ) -> Result<Vec<FileMessageInfo>, FileError> {
         for f in files {
             self.check(f)?;
+        }
+        if self.quota_bytes > 0 {
+            let adding: u64 = files.iter().map(|f| f.file_content.len() as u64).sum();
+            // A check, not a reservation: concurrent uploads may overshoot by one request each.
+            if self.store.bytes_of(owner).await?.saturating_add(adding) > self.quota_bytes {
+                return Err(FileError::Quota(self.quota_bytes));
+            }
         }
         let mut stored: Vec<FileMessageInfo> = Vec::with_capacity(files.len());
         for f in files {
@@ -170,12 +202,20 @@ impl Files {
         }
         let rows: HashMap<String, FileRow> =
             self.store.meta(ids).await?.into_iter().map(|r| (r.file_id.clone(), r)).collect();
-        let mut out = Vec::with_capacity(ids.len());
+        let mut total = 0usize;
         for id in ids {
             let row = rows.get(id).ok_or_else(|| FileError::NotFound(id.clone()))?;
             if !self.may_read(caller, row).await? {
                 return Err(FileError::NotFound(id.clone()));
             }
+            // Sizes from the metadata: nothing is read from disk for a response too large.
+            total = total.saturating_add(row.file_size.max(0) as usize);
+            if total > self.max_response_bytes {
+                return Err(FileError::ResponseTooLarge(self.max_response_bytes));
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
             out.push(FileDownloadData { file_id: id.clone(), file_content: self.store.read(id).await? });
         }
         Ok(out)
@@ -203,7 +243,7 @@ mod tests {
             .unwrap();
         db.migrate().await.unwrap();
         let store = FileStore::new(db, dir.path().join("files"));
-        (Files { store, max_file_bytes: 1000, max_files: 4 }, dir)
+        (Files { store, max_file_bytes: 1000, max_files: 4, max_response_bytes: 8, quota_bytes: 12 }, dir)
     }
 
     fn data(name: &str) -> FileUploadData {
@@ -223,5 +263,17 @@ mod tests {
         assert_eq!(read("bob", avatar.file_id().into()).await.unwrap()[0].file_content, b"abc");
         assert!(matches!(read("bob", private.file_id().into()).await, Err(FileError::NotFound(_))));
         assert_eq!(read("alice", private.file_id().into()).await.unwrap()[0].file_content, b"abc");
+        let (a, p) = (avatar.file_id().to_string(), private.file_id().to_string());
+        assert!(matches!(files.read("alice", &[a.clone(), p, a]).await, Err(FileError::ResponseTooLarge(8))));
+    }
+
+    #[tokio::test]
+    async fn uploads_stop_at_the_quota() {
+        let (files, _dir) = files().await;
+        for _ in 0..4 {
+            files.write("alice", None, &[data("doc")]).await.unwrap();
+        }
+        assert!(matches!(files.write("alice", None, &[data("doc")]).await, Err(FileError::Quota(12))));
+        files.write("bob", None, &[data("doc")]).await.unwrap();
     }
 }

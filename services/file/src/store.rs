@@ -84,6 +84,16 @@ impl FileStore {
         Ok(query.fetch_all(&self.db.pool).await?)
     }
 
+    /// Bytes `owner_id` stores in all.
+    pub async fn bytes_of(&self, owner_id: &str) -> Result<u64, FileError> {
+        let (sum,): (Option<i64>,) =
+            sqlx::query_as("SELECT CAST(SUM(file_size) AS SIGNED) FROM files WHERE owner_id = ?")
+                .bind(owner_id)
+                .fetch_one(&self.db.pool)
+                .await?;
+        Ok(sum.unwrap_or(0).max(0) as u64)
+    }
+
     pub async fn read(&self, file_id: &str) -> Result<Vec<u8>, FileError> {
         Ok(tokio::fs::read(self.path(file_id)).await?)
     }

@@ -23,6 +23,8 @@ pub enum FriendError {
     GroupTooSmall,
     #[error("a group chat may have at most {0} members")]
     GroupTooLarge(usize),
+    #[error("only your friends can be put in a group: {0} is not your friend")]
+    NotAFriend(String),
     #[error("the member list must include its creator")]
     GroupWithoutCreator,
     #[error("chat session name must be 1 to 64 characters")]

@@ -189,6 +189,11 @@ impl FriendService for Friends {
                 return Err(FriendError::GroupTooLarge(MAX_GROUP_MEMBERS));
             }
             self.require_users(&members).await?;
+            // Nobody is put in a group by a stranger.
+            let friends: BTreeSet<String> = self.store.friends(&me).await?.into_iter().collect();
+            if let Some(stranger) = members.iter().find(|m| **m != me && !friends.contains(*m)) {
+                return Err(FriendError::NotAFriend(stranger.clone()));
+            }
             let chat_session_id = chatmesh_common::new_id();
             self.store.create_group(&chat_session_id, name, &members).await?;
             let info = ChatSessionInfo { chat_session_id, chat_session_name: name.to_string(), ..Default::default() };

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use chatmesh_common::health::{Backoff, Health, Link};
@@ -78,18 +80,19 @@ impl PushBus {
     /// they are connected.
     pub async fn send(&self, users: &[String], notify: &NotifyMessage, skip_session: Option<&str>) {
         match self {
-            PushBus::Local(conns) => deliver_local(conns, users, &notify.encode_to_vec(), skip_session),
+            // Encoded once; every recipient's queue shares these bytes.
+            PushBus::Local(conns) => deliver_local(conns, users, &Bytes::from(notify.encode_to_vec()), skip_session),
             PushBus::Redis(bus) => {
                 if let Err(e) = bus.route(users, notify, skip_session).await {
                     tracing::error!(error = %e, "routing a notification failed; delivering locally only");
-                    deliver_local(&bus.conns, users, &notify.encode_to_vec(), skip_session);
+                    deliver_local(&bus.conns, users, &Bytes::from(notify.encode_to_vec()), skip_session);
                 }
             }
         }
     }
 }
 
-fn deliver_local(conns: &Connections, users: &[String], frame: &[u8], skip_session: Option<&str>) {
+fn deliver_local(conns: &Connections, users: &[String], frame: &Bytes, skip_session: Option<&str>) {
     for user in users {
         conns.deliver_frame(user, frame, skip_session);
     }
@@ -123,7 +126,7 @@ impl RedisBus {
         }
         for (gateway, user_ids) in by_gateway {
             if gateway == self.gateway_id {
-                deliver_local(&self.conns, &user_ids, &notify.encode_to_vec(), skip);
+                deliver_local(&self.conns, &user_ids, &Bytes::from(notify.encode_to_vec()), skip);
                 continue;
             }
             let envelope =
@@ -234,7 +237,7 @@ impl RedisBus {
                 msg = messages.next() => match msg {
                     Some(msg) => match PushEnvelope::decode(msg.get_payload_bytes()) {
                         Ok(env) => {
-                            let frame = env.notify.unwrap_or_default().encode_to_vec();
+                            let frame = Bytes::from(env.notify.unwrap_or_default().encode_to_vec());
                             deliver_local(&self.conns, &env.user_ids, &frame, env.skip_session_id.as_deref());
                         }
                         Err(e) => tracing::warn!(error = %e, "undecodable push envelope"),

@@ -1,8 +1,10 @@
 //! The gateway: the seed's HTTP routes (`POST /service/...`, protobuf or proto3-JSON bodies),
 //! login-session resolution, and the WebSocket that carries pushed notifications.
 
+pub mod body;
 pub mod bus;
 pub mod codec;
+pub mod edge;
 pub mod notify;
 pub mod push;
 pub mod routes;
@@ -23,9 +25,44 @@ use chatmesh_proto::user_service_client::UserServiceClient;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Largest HTTP request body accepted, in bytes (files travel in bodies).
+    /// Largest HTTP request body accepted on the routes that carry files (file upload, new
+    /// message, speech), in bytes.
     #[arg(long, env = "CHATMESH_MAX_BODY_BYTES", default_value_t = 80 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest body of `set_avatar`, in bytes.
+    #[arg(long, env = "CHATMESH_MAX_AVATAR_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_avatar_body_bytes: usize,
+    /// Largest body of every other route (logins, profiles, friends, sessions, history).
+    #[arg(long, env = "CHATMESH_MAX_SMALL_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_small_body_bytes: usize,
+    /// How long a request body may take to arrive once its handler reads it.
+    #[arg(long, env = "CHATMESH_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// How long a request's headers may take to arrive; closes connections that dribble them
+    /// (slowloris).
+    #[arg(long, env = "CHATMESH_HEADER_READ_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection on which nothing moved this long is closed (longer than the ping interval
+    /// and than the slowest request's processing, e.g. --speech-timeout).
+    #[arg(long, env = "CHATMESH_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most open connections per gateway port; more wait in the kernel's backlog.
+    #[arg(long, env = "CHATMESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// The header a trusted reverse proxy puts the client's address in (e.g. X-Forwarded-For;
+    /// its last entry counts). Unset: the TCP peer is the client, and no header is believed.
+    #[arg(long, env = "CHATMESH_TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<String>,
+    /// Bytes of pushes waiting for one WebSocket; a socket that falls further behind is closed
+    /// (code 4008) and its client reloads from history.
+    #[arg(long, env = "CHATMESH_WS_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub ws_queue_bytes: usize,
+    /// How long one WebSocket send may take before the socket counts as stuck and is closed.
+    #[arg(long, env = "CHATMESH_WS_SEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ws_send_timeout: Duration,
+    /// WebSockets one user may hold on one gateway; a new one closes the oldest (code 4009).
+    #[arg(long, env = "CHATMESH_WS_MAX_DEVICES", default_value_t = 8)]
+    pub ws_max_devices: usize,
     /// How often the server pings each WebSocket; two missed pongs close it.
     #[arg(long, env = "CHATMESH_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ws_ping_interval: Duration,
@@ -89,6 +126,7 @@ impl Gateway {
         push: push::Connections,
         bus: bus::PushBus,
     ) -> Self {
+        push.configure(args.ws_queue_bytes, args.ws_max_devices);
         Self {
             sessions,
             kv,

@@ -1,21 +1,58 @@
 //! The WebSocket connections of this gateway instance, by user: a user may be connected from
 //! several devices (each with its own login session), and each gets every notification.
+//! A notification is encoded once and the same bytes are queued for every device; each
+//! device's queue is bounded in bytes, and a device that falls behind is told to close.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use chatmesh_proto::NotifyMessage;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-/// Frames waiting for a slow client beyond this are dropped.
-const QUEUE: usize = 256;
+/// Why the server ends a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its queue of pushes grew past the byte limit (the client does not read).
+    TooSlow,
+    /// The user opened more devices than allowed; this is the oldest.
+    Replaced,
+}
+
+/// What the deliverers and the connection's writer share.
+pub struct DeviceState {
+    queued_bytes: AtomicUsize,
+    evicted: Mutex<Option<Eviction>>,
+    closing: AtomicBool,
+    pub wake: Notify,
+}
+
+impl DeviceState {
+    pub fn eviction(&self) -> Option<Eviction> {
+        *self.evicted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn evict(&self, why: Eviction) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            *self.evicted.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The writer sent `len` bytes: room for more.
+    pub fn sent(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+}
 
 /// One device's connection: its id, the login session it authenticated with, its queue.
 struct Device {
     id: u64,
     session_id: String,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    state: Arc<DeviceState>,
 }
 
 /// A user came online or went offline on this gateway (for presence in a shared store).
@@ -25,17 +62,32 @@ pub enum PresenceChange {
     Offline(String),
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Connections {
     inner: Arc<Mutex<HashMap<String, Vec<Device>>>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
     presence: Arc<Mutex<Option<mpsc::UnboundedSender<PresenceChange>>>>,
+    queue_bytes: Arc<AtomicUsize>,
+    max_devices: Arc<AtomicUsize>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            inner: Default::default(),
+            next_id: Default::default(),
+            presence: Default::default(),
+            queue_bytes: Arc::new(AtomicUsize::new(1024 * 1024)),
+            max_devices: Arc::new(AtomicUsize::new(8)),
+        }
+    }
 }
 
 /// A registered connection; dropping it unregisters.
 pub struct Registration {
     pub id: u64,
-    pub frames: mpsc::Receiver<Vec<u8>>,
+    pub frames: mpsc::UnboundedReceiver<Bytes>,
+    pub state: Arc<DeviceState>,
     user_id: String,
     owner: Connections,
 }
@@ -54,7 +106,16 @@ impl Drop for Registration {
     }
 }
 
+/// Per queued frame, what the queue costs beyond the frame's bytes.
+const FRAME_OVERHEAD: usize = 64;
+
 impl Connections {
+    /// Sets the per-device queue limit in bytes and the most devices per user.
+    pub fn configure(&self, queue_bytes: usize, max_devices: usize) {
+        self.queue_bytes.store(queue_bytes.max(1), Ordering::Relaxed);
+        self.max_devices.store(max_devices.max(1), Ordering::Relaxed);
+    }
+
     /// Where to report users coming online and going offline here.
     pub fn report_presence(&self, tx: mpsc::UnboundedSender<PresenceChange>) {
         *self.presence.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
@@ -67,31 +128,61 @@ impl Connections {
     }
 
     pub fn register(&self, user_id: &str, session_id: &str) -> Registration {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, frames) = mpsc::channel(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, frames) = mpsc::unbounded_channel();
+        let state = Arc::new(DeviceState {
+            queued_bytes: AtomicUsize::new(0),
+            evicted: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let devices = map.entry(user_id.to_string()).or_default();
-        devices.push(Device { id, session_id: session_id.to_string(), tx });
+        // Over the cap, the oldest devices still open are told to go.
+        let max = self.max_devices.load(Ordering::Relaxed);
+        let open: Vec<&Device> = devices.iter().filter(|d| !d.state.closing.load(Ordering::Acquire)).collect();
+        for oldest in open.iter().take((open.len() + 1).saturating_sub(max)) {
+            oldest.state.evict(Eviction::Replaced);
+        }
+        devices.push(Device { id, session_id: session_id.to_string(), tx, state: state.clone() });
         if devices.len() == 1 {
             self.presence_changed(PresenceChange::Online(user_id.to_string()));
         }
         metrics::gauge!("chatmesh_gateway_websockets").increment(1.0);
-        Registration { id, frames, user_id: user_id.to_string(), owner: self.clone() }
+        Registration { id, frames, state, user_id: user_id.to_string(), owner: self.clone() }
     }
 
-    /// Queues `frame` (an encoded `NotifyMessage`) for every connection of `user_id` except
-    /// those logged in with `skip_session` (the sending device); returns how many got it.
-    pub fn deliver_frame(&self, user_id: &str, frame: &[u8], skip_session: Option<&str>) -> usize {
+    /// Queues `frame` (an encoded `NotifyMessage`, shared, not copied) for every connection of
+    /// `user_id` except those logged in with `skip_session` (the sending device); returns how
+    /// many got it. A device whose queue would pass the byte limit is evicted instead.
+    pub fn deliver_frame(&self, user_id: &str, frame: &Bytes, skip_session: Option<&str>) -> usize {
+        let limit = self.queue_bytes.load(Ordering::Relaxed);
+        let cost = frame.len() + FRAME_OVERHEAD;
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = map.get(user_id) else { return 0 };
-        list.iter()
-            .filter(|d| Some(d.session_id.as_str()) != skip_session)
-            .filter(|d| d.tx.try_send(frame.to_vec()).is_ok())
-            .count()
+        let mut delivered = 0;
+        for d in list.iter().filter(|d| Some(d.session_id.as_str()) != skip_session) {
+            if d.state.closing.load(Ordering::Acquire) {
+                continue;
+            }
+            let queued = d.state.queued_bytes.fetch_add(cost, Ordering::AcqRel) + cost;
+            if queued > limit {
+                d.state.sent(cost);
+                metrics::counter!("chatmesh_gateway_websocket_evictions_total", "reason" => "slow").increment(1);
+                d.state.evict(Eviction::TooSlow);
+                continue;
+            }
+            if d.tx.send(frame.clone()).is_ok() {
+                delivered += 1;
+            } else {
+                d.state.sent(cost);
+            }
+        }
+        delivered
     }
 
     pub fn deliver(&self, user_id: &str, notify: &NotifyMessage, skip_session: Option<&str>) -> usize {
-        self.deliver_frame(user_id, &notify.encode_to_vec(), skip_session)
+        self.deliver_frame(user_id, &Bytes::from(notify.encode_to_vec()), skip_session)
     }
 
     /// Users with at least one connection here.
@@ -102,6 +193,11 @@ impl Connections {
     pub fn connected(&self, user_id: &str) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(user_id).map_or(0, Vec::len)
     }
+}
+
+/// What one queued frame cost its device's queue (the writer gives it back after sending).
+pub fn frame_cost(frame: &Bytes) -> usize {
+    frame.len() + FRAME_OVERHEAD
 }
 
 #[cfg(test)]
@@ -120,12 +216,40 @@ mod tests {
         let n = NotifyMessage { notify_type: 3, ..Default::default() };
         assert_eq!(c.deliver("u", &n, Some("session-a")), 1);
         assert!(a.frames.try_recv().is_err());
-        assert_eq!(NotifyMessage::decode(b.frames.try_recv().unwrap().as_slice()).unwrap(), n);
+        assert_eq!(NotifyMessage::decode(b.frames.try_recv().unwrap()).unwrap(), n);
         drop(a);
         assert_eq!(c.connected("u"), 1);
         drop(b);
         assert_eq!(c.connected("u"), 0);
         assert_eq!(presence.try_recv().unwrap(), PresenceChange::Offline("u".into()));
         assert_eq!(c.deliver("u", &n, None), 0);
+    }
+
+    #[test]
+    fn a_device_that_does_not_read_is_evicted_and_frames_are_shared() {
+        let c = Connections::default();
+        c.configure(10_000, 8);
+        let mut slow = c.register("u", "s");
+        let frame = Bytes::from(vec![7u8; 1000]);
+        let mut delivered = 0;
+        for _ in 0..20 {
+            delivered += c.deliver_frame("u", &frame, None);
+        }
+        assert_eq!(delivered, 9, "10,000 bytes hold nine 1,000-byte frames with their overhead");
+        assert_eq!(slow.state.eviction(), Some(Eviction::TooSlow));
+        let queued = slow.frames.try_recv().unwrap();
+        assert_eq!(queued.as_ptr(), frame.as_ptr(), "one encoding, shared by every queue");
+    }
+
+    #[test]
+    fn past_the_device_cap_the_oldest_is_replaced() {
+        let c = Connections::default();
+        c.configure(10_000, 2);
+        let first = c.register("u", "s1");
+        let second = c.register("u", "s2");
+        assert_eq!(first.state.eviction(), None);
+        let _third = c.register("u", "s3");
+        assert_eq!(first.state.eviction(), Some(Eviction::Replaced));
+        assert_eq!(second.state.eviction(), None);
     }
 }

@@ -8,27 +8,61 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chatmesh_proto::{Envelope, Reply};
+use chatmesh_proto::{Envelope, Reply, UserLogoutReq, UserLogoutRsp};
 use prost::Name;
 
 use crate::codec::{self, Format};
+use crate::edge::PeerAddr;
 use crate::{Gateway, notify};
+
+/// gRPC metadata in which the user service receives the client's address (for its limits).
+pub const CLIENT_IP_METADATA: &str = "x-chatmesh-client-ip";
+
+/// A request to a service, carrying the client's address.
+fn with_client_ip<T>(req: T, ip: Option<std::net::IpAddr>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(req);
+    if let Some(value) = ip.and_then(|ip| ip.to_string().parse().ok()) {
+        request.metadata_mut().insert(CLIENT_IP_METADATA, value);
+    }
+    request
+}
+
+impl Gateway {
+    fn client_ip(&self, parts: &axum::http::request::Parts) -> Option<std::net::IpAddr> {
+        let peer = parts.extensions.get::<ConnectInfo<PeerAddr>>().map(|c| c.0.0);
+        crate::edge::client_ip(&parts.headers, peer, self.args.trusted_proxy_header.as_deref())
+    }
+
+    /// The body limit of a route: large only where files travel.
+    fn body_limit(&self, route: &str) -> usize {
+        match route {
+            "/service/file/put_single_file"
+            | "/service/file/put_multi_file"
+            | "/service/message_transmit/new_message"
+            | "/service/speech/recognition" => self.args.max_body_bytes,
+            "/service/user/set_avatar" => self.args.max_avatar_body_bytes,
+            _ => self.args.max_small_body_bytes,
+        }
+    }
+}
 
 /// Declares `POST path => client.method [then hook]` routes; request and response types follow
 /// from the generated client method. A hook runs after a successful call (notifications).
 macro_rules! service_routes {
     ($router:expr, $($path:literal => $client:ident . $method:ident $(then $hook:path)?),* $(,)?) => {
-        $router $(.route($path, post(|State(gw): State<Gateway>, headers: HeaderMap, body: Body| async move {
+        $router $(.route($path, post(|State(gw): State<Gateway>, request: Request| async move {
             let mut client = gw.$client.clone();
             #[allow(unused_mut, unused_assignments)]
             let mut hook = None;
             $(hook = Some($hook as Hook<_, _>);)?
-            let call = move |req| async move { client.$method(tonic::Request::new(req)).await };
-            handle(&gw, $path, &headers, body, call, hook).await
+            let (parts, body) = request.into_parts();
+            let ip = gw.client_ip(&parts);
+            let call = move |req| async move { client.$method(with_client_ip(req, ip)).await };
+            handle(&gw, $path, &parts.headers, body, call, hook).await
         })))*
     };
 }
@@ -74,6 +108,24 @@ pub fn router(gw: Gateway) -> Router {
         "/service/message_storage/search_history" => message.msg_search,
         "/service/speech/recognition" => speech.speech_recognition,
     );
+    // An addition to the seed's routes: ends one login session (the one in the body).
+    let router = router.route(
+        "/service/user/logout",
+        post(|State(gw): State<Gateway>, headers: HeaderMap, body: Body| async move {
+            let sessions = gw.sessions.clone();
+            let call = move |req: UserLogoutReq| async move {
+                let revoked = sessions.revoke(req.session_id.as_deref().unwrap_or_default()).await;
+                let request_id = req.request_id;
+                match revoked {
+                    Ok(()) => {
+                        Ok(tonic::Response::new(UserLogoutRsp { request_id, success: true, ..Default::default() }))
+                    }
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                }
+            };
+            handle(&gw, "/service/user/logout", &headers, body, call, None).await
+        }),
+    );
     // Sending answers with NewMessageRsp but calls GetTransmitTarget, then pushes.
     let router = router.route(
         "/service/message_transmit/new_message",
@@ -115,7 +167,7 @@ where
 {
     let started = Instant::now();
     let format = Format::of(headers);
-    let rsp = match forward(gw, format, body, call, hook).await {
+    let rsp = match forward(gw, route, format, body, call, hook).await {
         Ok(rsp) => rsp,
         Err((request_id, errmsg)) => Rsp::failure(request_id, errmsg),
     };
@@ -128,6 +180,7 @@ where
 /// The happy path; `Err` carries the request id (if known) and the error text.
 async fn forward<Req, Rsp, F, Fut>(
     gw: &Gateway,
+    route: &'static str,
     format: Format,
     body: Body,
     call: F,
@@ -139,11 +192,10 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
 {
-    let limit = gw.args.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| (String::new(), format!("request body is larger than {limit} bytes")))?;
+    let limit = gw.body_limit(route);
+    let bytes = crate::body::read::<Req>(gw, format, body, limit).await.map_err(|e| (String::new(), e.to_string()))?;
     let mut req: Req = codec::decode(format, &bytes).map_err(|e| (String::new(), e))?;
+    drop(bytes);
     let request_id = req.request_id().to_string();
     req.clear_internal();
     if let Some(session_id) = req.session_id() {

@@ -19,6 +19,10 @@ use crate::error::MessageError;
 
 /// Most messages one history, recent or search call returns.
 pub const MAX_MESSAGES: i64 = 1000;
+/// Most files one internal lookup asks the file service for (its per-request limit).
+const FILE_LOOKUP_CHUNK: usize = 32;
+/// Attachment bytes inlined in one response at most (internal messages stop at 256 MiB).
+const MAX_ATTACHMENT_BYTES: usize = 96 * 1024 * 1024;
 
 pub struct History {
     pub db: Database,
@@ -97,17 +101,31 @@ impl History {
         let senders: Vec<String> = rows.iter().map(|r| r.user_id.clone()).collect::<HashSet<_>>().into_iter().collect();
         let req = GetMultiUserInfoReq { request_id: chatmesh_common::new_id(), users_id: senders };
         let profiles = expect_success(self.users.clone().get_multi_user_info(req).await)?.users_info;
-        let file_ids: Vec<String> = rows.iter().filter_map(|r| r.file_id.clone()).collect();
+        // Each attachment once, in chunks the file service accepts, until the response budget
+        // is spent; later attachments keep their file id for the client to fetch.
+        let mut file_ids: Vec<String> = Vec::new();
+        for id in rows.iter().filter_map(|r| r.file_id.clone()) {
+            if !file_ids.contains(&id) {
+                file_ids.push(id);
+            }
+        }
         let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
-        if !file_ids.is_empty() {
+        let mut spent = 0usize;
+        for chunk in file_ids.chunks(FILE_LOOKUP_CHUNK) {
+            if spent >= MAX_ATTACHMENT_BYTES {
+                break;
+            }
             let req = GetMultiFileReq {
                 request_id: chatmesh_common::new_id(),
                 user_id: Some(reader.to_string()),
-                file_id_list: file_ids,
+                file_id_list: chunk.to_vec(),
                 ..Default::default()
             };
             let files = expect_success(self.files.clone().get_multi_file(req).await)?;
-            bytes = files.file_data.into_iter().map(|(id, f)| (id, f.file_content)).collect();
+            for (id, f) in files.file_data {
+                spent += f.file_content.len();
+                bytes.insert(id, f.file_content);
+            }
         }
         Ok(rows
             .iter()

@@ -33,6 +33,9 @@ pub enum SpeechError {
     /// The recognizer cannot run (model missing, worker down): an operator problem.
     #[error("speech recognizer unavailable: {0}")]
     Unavailable(String),
+    /// The recognizer's worker cannot start on this server (the cause is logged).
+    #[error("speech recognition is not installed on this server (see README)")]
+    NotInstalled(String),
     /// A cloud provider refused the request (credentials, quota, its own failure).
     #[error("{provider} error {code}: {message}")]
     Provider { provider: &'static str, code: String, message: String },

@@ -101,8 +101,9 @@ impl SpeechRecognizer {
         let recognizer: Arc<dyn Recognizer> = match args.speech_provider {
             SpeechProvider::Offline => {
                 let model_dir = args.offline.speech_model_dir.clone().unwrap_or_else(|| default_model_dir(data_dir));
-                Arc::new(offline::OfflineRecognizer::start(args.offline.config(
+                Arc::new(offline::OfflineRecognizer::start(args.offline.config_with_python(
                     model_dir,
+                    default_python(data_dir),
                     language,
                     args.speech_timeout,
                 )))
@@ -143,6 +144,21 @@ pub fn default_model_dir(data_dir: &Path) -> PathBuf {
     }
     let cached = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/chatmesh/models/whisper-base"));
     cached.filter(|c| c.exists()).unwrap_or(in_data)
+}
+
+/// The worker's interpreter, found like the model: `<data-dir>/speech/venv` if it exists, else
+/// the venv `e2e/infra/speech.sh` makes (`~/.cache/chatmesh/speech/venv`), else `python3`.
+pub fn default_python(data_dir: &Path) -> PathBuf {
+    let venvs = [
+        Some(data_dir.join("speech/venv")),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/chatmesh/speech/venv")),
+    ];
+    venvs
+        .into_iter()
+        .flatten()
+        .map(|v| v.join("bin/python"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// The gRPC service, ready to add to a tonic router.
@@ -201,6 +217,20 @@ mod tests {
         let shown = format!("{:?}", cli.speech);
         assert!(shown.contains("key-1") && shown.contains("<redacted>"), "{shown}");
         assert!(!shown.contains("very-secret"), "{shown}");
+    }
+
+    #[test]
+    fn the_worker_venv_is_found_like_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let python = data.join("speech/venv/bin/python");
+        std::fs::create_dir_all(python.parent().unwrap()).unwrap();
+        assert_ne!(default_python(&data), python, "no interpreter there yet");
+        std::fs::write(&python, "").unwrap();
+        assert_eq!(default_python(&data), python);
+        let cli = Cli::parse_from(["x", "--speech-python", "/opt/py/bin/python"]);
+        let config = cli.speech.offline.config_with_python(PathBuf::new(), python, None, Duration::from_secs(1));
+        assert_eq!(config.python, PathBuf::from("/opt/py/bin/python"), "the flag wins");
     }
 
     #[tokio::test]

@@ -53,9 +53,11 @@ pub struct OfflineArgs {
     /// `~/.cache/chatmesh/models/whisper-base`].
     #[arg(long, env = "CHATMESH_SPEECH_MODEL_DIR")]
     pub speech_model_dir: Option<PathBuf>,
-    /// Python interpreter with `faster-whisper` installed (the venv e2e/infra/speech.sh makes).
-    #[arg(long, env = "CHATMESH_SPEECH_PYTHON", default_value = "python3")]
-    pub speech_python: PathBuf,
+    /// Python interpreter with `faster-whisper` installed [default: the venv
+    /// e2e/infra/speech.sh makes, `<data-dir>/speech/venv` or `~/.cache/chatmesh/speech/venv`,
+    /// if present, else `python3`].
+    #[arg(long, env = "CHATMESH_SPEECH_PYTHON")]
+    pub speech_python: Option<PathBuf>,
     /// CPU threads for recognition; 0: every core this process may run on.
     #[arg(long, env = "CHATMESH_SPEECH_THREADS", default_value_t = 0)]
     pub speech_threads: usize,
@@ -72,9 +74,20 @@ pub struct OfflineArgs {
 
 impl OfflineArgs {
     pub fn config(&self, model_dir: PathBuf, language: Option<String>, timeout: Duration) -> OfflineConfig {
+        self.config_with_python(model_dir, PathBuf::from("python3"), language, timeout)
+    }
+
+    /// As [`OfflineArgs::config`], with `default_python` unless `--speech-python` was given.
+    pub fn config_with_python(
+        &self,
+        model_dir: PathBuf,
+        default_python: PathBuf,
+        language: Option<String>,
+        timeout: Duration,
+    ) -> OfflineConfig {
         OfflineConfig {
             model_dir,
-            python: self.speech_python.clone(),
+            python: self.speech_python.clone().unwrap_or(default_python),
             threads: self.speech_threads,
             queue: self.speech_queue.max(1),
             language,
@@ -116,8 +129,12 @@ impl OfflineConfig {
 #[derive(Debug, Clone, PartialEq)]
 enum Health {
     Starting,
-    Up { pid: u32 },
+    Up {
+        pid: u32,
+    },
     Down(String),
+    /// The worker could not be started at all (no model, no venv, a broken install).
+    NotInstalled(String),
 }
 
 struct Job {
@@ -167,15 +184,17 @@ impl OfflineRecognizer {
             Ok(Err(_)) => Err("speech supervisor stopped".into()),
             Ok(Ok(h)) => match &*h {
                 Health::Up { .. } => Ok(()),
-                Health::Down(why) => Err(why.clone()),
+                Health::Down(why) | Health::NotInstalled(why) => Err(why.clone()),
                 Health::Starting => unreachable!("waited for another state"),
             },
         }
     }
 
     pub async fn recognize(&self, audio: &Pcm16k) -> Result<Transcript, SpeechError> {
-        if let Health::Down(why) = &*self.health.borrow() {
-            return Err(SpeechError::Unavailable(why.clone()));
+        match &*self.health.borrow() {
+            Health::Down(why) => return Err(SpeechError::Unavailable(why.clone())),
+            Health::NotInstalled(why) => return Err(SpeechError::NotInstalled(why.clone())),
+            _ => {}
         }
         let (reply, answer) = oneshot::channel();
         let job = Job { audio: audio.to_le_bytes(), queued: Instant::now(), reply };
@@ -202,7 +221,7 @@ impl Recognizer for OfflineRecognizer {
             match health {
                 Health::Up { .. } => Ok(()),
                 Health::Starting => Err("worker is loading the Whisper model".into()),
-                Health::Down(why) => Err(why),
+                Health::Down(why) | Health::NotInstalled(why) => Err(why),
             }
         })
     }
@@ -235,7 +254,7 @@ async fn supervise(config: OfflineConfig, mut jobs: mpsc::Receiver<Job>, health:
             }
             Err(why) => {
                 tracing::error!(%why, retry_in = ?backoff, "speech worker cannot start");
-                health.send_replace(Health::Down(why.clone()));
+                health.send_replace(Health::NotInstalled(why.clone()));
                 // Until the next attempt, fail queued requests at once instead of holding them.
                 let retry = tokio::time::sleep(backoff);
                 tokio::pin!(retry);
@@ -245,7 +264,7 @@ async fn supervise(config: OfflineConfig, mut jobs: mpsc::Receiver<Job>, health:
                         job = jobs.recv() => match job {
                             None => return,
                             Some(job) => {
-                                let _ = job.reply.send(Err(SpeechError::Unavailable(why.clone())));
+                                let _ = job.reply.send(Err(SpeechError::NotInstalled(why.clone())));
                             }
                         },
                     }
@@ -635,7 +654,8 @@ done
             assert!(err.contains(want), "want {want:?}: {err}");
             assert!(Recognizer::ready(&rec).await.unwrap_err().contains(want));
             let failed = rec.recognize(&second()).await.unwrap_err();
-            assert!(matches!(&failed, SpeechError::Unavailable(m) if m.contains(want)), "{failed:?}");
+            assert!(matches!(&failed, SpeechError::NotInstalled(m) if m.contains(want)), "{failed:?}");
+            assert_eq!(failed.to_string(), "speech recognition is not installed on this server (see README)");
         }
         // No model: reported with the directory and what is missing; Python is not even started.
         let rec = OfflineRecognizer::start(config(dir.path().join("empty"), dir.path().join("no-such-python")));

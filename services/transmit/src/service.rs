@@ -18,7 +18,8 @@ use crate::error::TransmitError;
 /// How long a sender's profile is reused: one lookup per sender per window instead of one per
 /// message (a renamed user shows the old name on messages sent within it).
 const PROFILE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-const PROFILE_CACHE: usize = 10_000;
+/// Profiles carry avatar thumbnails (up to 32 KiB): this many at most.
+const PROFILE_CACHE: usize = 1024;
 
 pub struct Transmit {
     pub db: Database,
@@ -67,13 +68,16 @@ impl Transmit {
             message_id: uuid::Uuid::now_v7().simple().to_string(),
             chat_session_id: req.chat_session_id.clone(),
             timestamp: chatmesh_common::unix_now(),
-            sender: Some(sender_info),
+            // Queued and stored messages name their sender only: profiles (and avatars) are
+            // filled in when messages are read, and pushed below.
+            sender: Some(UserInfo { user_id: sender_info.user_id.clone(), ..Default::default() }),
             message: Some(MessageContent {
                 message_type: content.message_type,
                 msg_content: Some(strip(body, file_id)),
             }),
         };
         self.queue.publish(message.encode_to_vec()).await.map_err(TransmitError::NotQueued)?;
+        message.sender = Some(sender_info);
         // Pushed images carry their bytes, as the seed forwards them; stored copies do not.
         if let (Some(MsgContent::ImageMessage(pushed)), MsgContent::ImageMessage(sent)) =
             (message.message.as_mut().and_then(|m| m.msg_content.as_mut()), body)

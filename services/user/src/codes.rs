@@ -51,9 +51,14 @@ impl VerifyCodes {
         let Some(stored) = self.store.get(&code_key(id)).await? else {
             return Err(UserError::CodeInvalid);
         };
+        // Counted before the code is compared: concurrent guesses each take a try.
+        let tries = self.store.incr(&tries_key(id), CODE_TTL).await?;
+        if tries > MAX_WRONG_TRIES {
+            self.store.del(&code_key(id)).await?;
+            return Err(UserError::CodeExhausted);
+        }
         let (for_phone, expected) = stored.split_once('|').unwrap_or(("", ""));
         if for_phone != phone || expected != code {
-            let tries = self.store.incr(&tries_key(id), CODE_TTL).await?;
             if tries >= MAX_WRONG_TRIES {
                 self.store.del(&code_key(id)).await?;
                 return Err(UserError::CodeExhausted);
@@ -108,6 +113,34 @@ mod tests {
         }
         assert!(matches!(codes.redeem(&id, "13800138000", wrong).await, Err(UserError::CodeExhausted)));
         assert!(matches!(codes.redeem(&id, "13800138000", &code).await, Err(UserError::CodeInvalid)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_guesses_cannot_exceed_the_tries() {
+        let (codes, sms) = codes().await;
+        let id = codes.issue("13800138000").await.unwrap();
+        let code = sms.last_code("13800138000").unwrap();
+        let guesses = (0..40).map(|i| {
+            let (codes, id) = (codes.clone(), id.clone());
+            // The right code is the 26th guess; it must come too late.
+            let guess = if i == 25 {
+                code.clone()
+            } else if code == "000000" {
+                "000001".into()
+            } else {
+                "000000".into()
+            };
+            tokio::spawn(async move { codes.redeem(&id, "13800138000", &guess).await })
+        });
+        let mut evaluated = 0;
+        for g in guesses {
+            match g.await.unwrap() {
+                Ok(()) => panic!("the right code got through after the limit"),
+                Err(UserError::CodeWrong) => evaluated += 1,
+                Err(_) => {}
+            }
+        }
+        assert!(evaluated < MAX_WRONG_TRIES as usize, "{evaluated} wrong guesses were evaluated");
     }
 
     #[tokio::test]

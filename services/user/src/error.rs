@@ -19,8 +19,17 @@ pub enum UserError {
     PhoneTaken,
     #[error("nickname or password is wrong")]
     WrongCredentials,
-    #[error("too many failed logins; try again later")]
-    TooManyLogins,
+    #[error("too many failed logins for this account; retry in {0} s")]
+    LoginDelayed(u64),
+    #[error("too many requests from this address; try again later")]
+    TooManyFromAddress,
+    #[error("verification SMS are paused for a while; try again later")]
+    SmsBudget,
+    #[error("server busy, please retry")]
+    Busy,
+    #[error("{0}")]
+    Avatar(#[from] crate::avatar::AvatarError),
+
     #[error("a code was sent to this phone moments ago; wait before asking again")]
     CodeTooFrequent,
     #[error("verification code is expired or unknown; request a new one")]

@@ -1,8 +1,11 @@
 //! The user service: accounts by nickname + password and by phone + SMS code, login sessions,
 //! and profiles. Served over gRPC as the seed's `UserService`.
 
+pub mod avatar;
 pub mod codes;
 pub mod error;
+pub mod limits;
+pub mod pool;
 pub mod rules;
 pub mod service;
 pub mod sms;
@@ -40,6 +43,16 @@ pub struct UserArgs {
     /// Largest avatar accepted, in bytes.
     #[arg(long, env = "CHATMESH_MAX_AVATAR_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_avatar_bytes: usize,
+    /// Largest side of the avatar thumbnail every profile carries, in pixels.
+    #[arg(long, env = "CHATMESH_AVATAR_THUMB_PX", default_value_t = 128)]
+    pub avatar_thumb_px: u32,
+    /// Largest avatar thumbnail, in bytes.
+    #[arg(long, env = "CHATMESH_AVATAR_THUMB_BYTES", default_value_t = 32 * 1024)]
+    pub avatar_thumb_bytes: usize,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
+    #[command(flatten)]
+    pub pool: pool::PoolArgs,
 }
 
 /// Everything the user service runs on.
@@ -58,10 +71,13 @@ pub fn service(args: &UserArgs, deps: UserDeps) -> UserServiceServer<service::Us
         store: store::UserStore::new(deps.db),
         sessions: deps.sessions,
         codes: codes::VerifyCodes::new(deps.kv.clone(), deps.sms, args.sms_resend_interval),
-        limits: deps.kv,
+        limits: limits::Limits::new(deps.kv, args.limits.clone()),
+        heavy: pool::HeavyPool::new(&args.pool),
         files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),
         index: deps.index,
         max_avatar_bytes: args.max_avatar_bytes,
+        avatar_thumb_px: args.avatar_thumb_px,
+        avatar_thumb_bytes: args.avatar_thumb_bytes,
     };
     chatmesh_common::sized!(UserServiceServer::new(users))
 }

@@ -13,9 +13,11 @@ pub struct UserRow {
     pub phone: Option<String>,
     pub description: String,
     pub avatar_id: Option<String>,
+    /// The small copy every profile carries (see `avatar.rs`).
+    pub avatar_thumb_id: Option<String>,
 }
 
-const COLUMNS: &str = "user_id, nickname, password_hash, phone, description, avatar_id";
+const COLUMNS: &str = "user_id, nickname, password_hash, phone, description, avatar_id, avatar_thumb_id";
 
 #[derive(Clone)]
 pub struct UserStore {
@@ -98,8 +100,15 @@ impl UserStore {
         Ok(done.rows_affected() > 0 || self.by_id(user_id).await.ok().flatten().is_some())
     }
 
-    pub async fn set_avatar(&self, user_id: &str, file_id: &str) -> Result<bool, UserError> {
-        Ok(self.set("avatar_id", user_id, file_id).await?)
+    /// Points the user at a new avatar and its thumbnail.
+    pub async fn set_avatar(&self, user_id: &str, file_id: &str, thumb_id: &str) -> Result<bool, UserError> {
+        let done = sqlx::query("UPDATE users SET avatar_id = ?, avatar_thumb_id = ? WHERE user_id = ?")
+            .bind(file_id)
+            .bind(thumb_id)
+            .bind(user_id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_description(&self, user_id: &str, description: &str) -> Result<bool, UserError> {

@@ -31,7 +31,10 @@ pub const TABLE: &[(&str, &[Service])] = &[
     ("/bite_im.FileService/GetMultiFile", &[Gateway, User, Message]),
     // Avatars (user) and message attachments (transmit).
     ("/bite_im.FileService/PutSingleFile", &[Gateway, User, Transmit]),
-    ("/bite_im.FileService/PutMultiFile", &[Gateway]),
+    // An avatar and its thumbnail (user), stored together.
+    ("/bite_im.FileService/PutMultiFile", &[Gateway, User]),
+    // A replaced avatar (user); internal only.
+    ("/bite_im.FileService/DeleteFiles", &[User]),
     ("/bite_im.FriendService/GetFriendList", &[Gateway]),
     ("/bite_im.FriendService/FriendRemove", &[Gateway]),
     ("/bite_im.FriendService/FriendAdd", &[Gateway]),
