@@ -126,7 +126,9 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     match tls {
         None => {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // `Server::tcp_nodelay` applies only to listeners tonic binds itself; without it
+            // small responses wait on Nagle and delayed ACKs (about a millisecond per call).
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
         Some(tls) => router.serve_with_incoming_shutdown(crate::mesh::tls::incoming(listener, tls), shutdown).await,
