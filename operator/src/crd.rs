@@ -72,6 +72,15 @@ pub struct ChatSystemSpec {
     /// Volume holding uploaded files (mounted by the file service).
     #[serde(default)]
     pub files: FilesSpec,
+    /// The schema migration Job.
+    #[serde(default)]
+    pub migration: MigrationSpec,
+    /// What deleting the ChatSystem does to its data: `Retain` (default) keeps the servers' and
+    /// the files' volume claims and the credentials Secret (the servers' data only accepts
+    /// those passwords), and a ChatSystem re-created with the same name adopts them; `Delete`
+    /// deletes them with it.
+    #[serde(default)]
+    pub retention: Retention,
     /// Mutual TLS between the services: who issues each service's certificate.
     #[serde(default)]
     pub internal_tls: InternalTlsSpec,
@@ -157,7 +166,9 @@ pub struct ComponentSpec {
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
-    /// Compute resources of the service's container (core/v1 ResourceRequirements).
+    /// Compute resources of the service's container (core/v1 ResourceRequirements); replaces
+    /// the default as a whole [default: requests 50m CPU and 64Mi, limits 500m and 256Mi;
+    /// gateway 100m/128Mi, 1/512Mi; speech 100m/128Mi, 1/1Gi].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "terse::<Option<ResourceRequirements>>")]
     pub resources: Option<ResourceRequirements>,
@@ -371,6 +382,33 @@ impl SmsProvider {
     }
 }
 
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retention {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl Retention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retain => "Retain",
+            Self::Delete => "Delete",
+        }
+    }
+}
+
+/// The schema migration Job run before every new image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationSpec {
+    /// Compute resources of its container (core/v1 ResourceRequirements) [default: requests
+    /// 50m CPU and 64Mi, limits 500m and 256Mi].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<ResourceRequirements>>")]
+    pub resources: Option<ResourceRequirements>,
+}
+
 /// A backing server: run by the operator (`managed`) or reached at a URL kept in a Secret
 /// (`external`). Exactly one of the two.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -399,7 +437,10 @@ pub struct ManagedSpec {
     pub image: Option<String>,
     #[serde(default)]
     pub storage: StorageSpec,
-    /// Compute resources of the server's container (core/v1 ResourceRequirements).
+    /// Compute resources of the server's container (core/v1 ResourceRequirements); replaces
+    /// the default as a whole [default requests/limits: MySQL 250m/512Mi, 1/1Gi; Redis
+    /// 50m/64Mi, 500m/256Mi; RabbitMQ 100m/256Mi, 1/512Mi; Elasticsearch 250m/2Gi, 1/2Gi].
+    /// Elasticsearch's heap is half its memory limit (or request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "terse::<Option<ResourceRequirements>>")]
     pub resources: Option<ResourceRequirements>,

@@ -39,6 +39,10 @@ pub enum Error {
     },
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
+    #[error(
+        "the credentials Secret {secret} lacks {keys:?} while the data volumes {claims:?} exist: the servers accept only the passwords their data was made with, so none are generated; restore those keys (e.g. from a backup of the Secret) or delete the claims to start empty"
+    )]
+    CredentialsLost { secret: String, keys: Vec<String>, claims: Vec<String> },
     #[error("internal TLS: {0}")]
     Tls(#[from] tls::TlsError),
 }
@@ -52,6 +56,7 @@ impl Error {
             Self::Delete { .. } => "delete",
             Self::Read { .. } => "read",
             Self::Status(_) => "status",
+            Self::CredentialsLost { .. } => "credentials_lost",
             Self::Tls(_) => "tls",
         }
     }

@@ -93,8 +93,30 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    // Build.
-    let (credentials, generated) = complete_credentials(existing.credentials(&name), &build::credential_keys(&cs.spec));
+    // Build. A password is made only for a server without data: one with data (a claim of its
+    // StatefulSet exists) accepts only the password it was made with.
+    let current = read_credentials(&ctx.client, &ns, &name).await?;
+    let needed = build::credential_keys(&cs.spec);
+    let mut lost = vec![];
+    let mut claims = BTreeSet::new();
+    for key in needed.iter().filter(|k| !current.contains_key(**k)) {
+        let Some(server) = build::credential_server(key) else { continue };
+        let prefix = format!("data-{name}-{}-", server.name());
+        let with_data: Vec<String> =
+            existing.pvcs.iter().map(|p| p.name_any()).filter(|n| n.starts_with(&prefix)).collect();
+        if !with_data.is_empty() {
+            lost.push(key.to_string());
+            claims.extend(with_data);
+        }
+    }
+    if !lost.is_empty() {
+        return Err(Error::CredentialsLost {
+            secret: format!("{name}-credentials"),
+            keys: lost,
+            claims: claims.into_iter().collect(),
+        });
+    }
+    let (credentials, generated) = complete_credentials(current, &needed);
     if !generated.is_empty() {
         tracing::info!(chatsystem = %name, keys = ?generated, "generated credentials");
     }
@@ -246,6 +268,23 @@ async fn ensure_tls(
     Ok((material, ensured.next_renewal, ensured.created_ca))
 }
 
+/// The generated passwords so far, read by name: a Secret restored by hand (without our
+/// labels) is adopted too. Kept forever: the servers' data was made with them.
+async fn read_credentials(client: &Client, ns: &str, name: &str) -> Result<BTreeMap<String, String>, Error> {
+    let secret_name = format!("{name}-credentials");
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = api
+        .get_opt(&secret_name)
+        .await
+        .map_err(|source| Error::Read { what: format!("Secret {secret_name}"), source })?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
 /// Whether condition `type_` has a different status in `new` than in `old`.
 fn transitioned(old: Option<&ChatSystemStatus>, new: &ChatSystemStatus, type_: &str) -> bool {
     let before = status::condition(old, type_).map(|c| c.status.as_str());
@@ -263,6 +302,9 @@ struct Existing {
     deployments: Vec<Deployment>,
     ingresses: Vec<Ingress>,
     network_policies: Vec<NetworkPolicy>,
+    /// Claims with our labels: the files claim and the servers' data claims (labelled by their
+    /// StatefulSet's claim template).
+    pvcs: Vec<PersistentVolumeClaim>,
     /// resourceVersion of every child by (kind, name), to tell created and updated apart.
     versions: BTreeMap<(&'static str, String), String>,
 }
@@ -304,14 +346,14 @@ impl Existing {
             deployments: list(client, ns, &selector).await?,
             ingresses: list(client, ns, &selector).await?,
             network_policies: list(client, ns, &selector).await?,
+            // Claims are never deleted here.
+            pvcs: list(client, ns, &selector).await?,
             versions: BTreeMap::new(),
         };
-        // Claims are listed only to tell created from updated: they are never deleted here.
-        let pvcs: Vec<PersistentVolumeClaim> = list(client, ns, &selector).await?;
         let mut v = BTreeMap::new();
         versions(&mut v, &existing.secrets);
         versions(&mut v, &existing.config_maps);
-        versions(&mut v, &pvcs);
+        versions(&mut v, &existing.pvcs);
         versions(&mut v, &existing.services);
         versions(&mut v, &existing.stateful_sets);
         versions(&mut v, &existing.jobs);
@@ -319,19 +361,6 @@ impl Existing {
         versions(&mut v, &existing.ingresses);
         versions(&mut v, &existing.network_policies);
         Ok(Existing { versions: v, ..existing })
-    }
-
-    /// The generated passwords so far (kept forever: the servers' data was made with them).
-    fn credentials(&self, name: &str) -> BTreeMap<String, String> {
-        let secret_name = format!("{name}-credentials");
-        self.secrets
-            .iter()
-            .find(|s| s.name_any() == secret_name)
-            .and_then(|s| s.data.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-            .collect()
     }
 
     fn deployed_images(&self, name: &str) -> BTreeMap<Component, String> {

@@ -193,12 +193,17 @@ fn defaults_make_a_whole_system() {
     assert_eq!(jc.image.as_deref(), Some("ghcr.io/chatmesh/chatmesh:0.9.0"));
     assert_eq!(env(jc, "CHATMESH_TARGET").unwrap().value.as_deref(), Some("migrate"));
 
-    // Every object: labelled for orphan cleanup and controlled by the ChatSystem.
+    // Every object: labelled for orphan cleanup and controlled by the ChatSystem, except the
+    // data that outlives it (retention Retain: the credentials and the files claim).
     for (kind, name) in d.names() {
         let meta = meta_of(&d, kind, &name);
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_INSTANCE], "demo", "{kind} {name}");
         assert_eq!(labels[LABEL_MANAGED_BY], MANAGER, "{kind} {name}");
+        if name == "demo-credentials" || name == "demo-files" {
+            assert!(meta.owner_references.is_none(), "{kind} {name}");
+            continue;
+        }
         let owner = &meta.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("ChatSystem", "demo", Some(true)));
         assert_eq!(meta.namespace.as_deref(), Some("chat"));
@@ -891,4 +896,93 @@ fn pod_annotations_and_labels_reach_the_pods() {
     let meta = named(&d.deployments, "demo-user").spec.clone().unwrap().template.metadata.unwrap();
     assert_eq!(meta.labels.unwrap()["app.kubernetes.io/component"], "user");
     assert_eq!(meta.annotations.unwrap()[CONFIG_HASH_ANNOTATION], d.config_hash);
+}
+
+/// (requests, limits) of a container's cpu and memory, "-" where unset.
+fn sizes(c: &Container) -> [String; 4] {
+    let r = c.resources.as_ref().expect("every container has resources");
+    let get = |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
+        m.as_ref().and_then(|m| m.get(k)).map_or("-".to_string(), |q| q.0.clone())
+    };
+    [get(&r.requests, "cpu"), get(&r.requests, "memory"), get(&r.limits, "cpu"), get(&r.limits, "memory")]
+}
+
+#[test]
+fn every_container_has_requests_and_limits_by_default() {
+    let cs = load("minimal");
+    let d = migrated(&cs);
+    let mut containers: Vec<&Container> = d.deployments.iter().map(container).collect();
+    for s in &d.stateful_sets {
+        containers.push(&s.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]);
+    }
+    for j in &d.jobs {
+        containers.push(&j.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]);
+    }
+    assert_eq!(containers.len(), 7 + 4 + 1);
+    for c in containers {
+        let s = sizes(c);
+        assert!(!s.contains(&"-".to_string()), "{}: {s:?}", c.name);
+    }
+    let gateway = named(&d.deployments, "demo-gateway");
+    assert_eq!(sizes(container(gateway)), ["100m", "128Mi", "1", "512Mi"]);
+    // Elasticsearch's heap is half its default 2Gi limit.
+    let es = named(&d.stateful_sets, "demo-elasticsearch");
+    let es = &es.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(env(es, "ES_JAVA_OPTS").unwrap().value.as_deref(), Some("-Xms1024m -Xmx1024m"));
+}
+
+#[test]
+fn resources_are_overridable_and_the_heap_follows_the_limit() {
+    let cs = with_spec(
+        "minimal",
+        serde_json::json!({
+            "migration": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}},
+            "elasticsearch": {"managed": {"resources": {"limits": {"memory": "6Gi"}}}},
+            "services": {"user": {"resources": {"requests": {"cpu": "300m"}}}},
+        }),
+    );
+    let d = migrated(&cs);
+    let job = &d.jobs[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(sizes(job), ["1", "1Gi", "2", "2Gi"]);
+    // A spec's resources replace the default as a whole.
+    assert_eq!(sizes(container(named(&d.deployments, "demo-user"))), ["300m", "-", "-", "-"]);
+    let es = named(&d.stateful_sets, "demo-elasticsearch");
+    let es = &es.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(env(es, "ES_JAVA_OPTS").unwrap().value.as_deref(), Some("-Xms3072m -Xmx3072m"));
+
+    use chatmesh_operator::build::resources::{bytes, elasticsearch_heap_mib};
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    assert_eq!(bytes("512Mi"), Some(512 << 20));
+    assert_eq!(bytes("1.5G"), Some(1_500_000_000));
+    assert_eq!(bytes("12e6"), None);
+    let limit = |m: &str| -> ResourceRequirements {
+        serde_json::from_value(serde_json::json!({"limits": {"memory": m}})).unwrap()
+    };
+    // Floors and caps: a tiny limit still gets a usable heap, a huge one stays under 31 GiB.
+    assert_eq!(elasticsearch_heap_mib(&limit("256Mi")), 256);
+    assert_eq!(elasticsearch_heap_mib(&limit("128Gi")), 31 * 1024 - 1);
+    // An unparseable limit falls back to the old fixed heap rather than failing the pass.
+    assert_eq!(elasticsearch_heap_mib(&limit("1e9")), 512);
+}
+
+#[test]
+fn retention_decides_who_owns_the_data() {
+    let owned = |d: &Desired, name: &str| -> (bool, bool) {
+        let secret = named(&d.secrets, name).metadata.owner_references.is_some();
+        let claim = d.pvcs.iter().any(|p| p.metadata.owner_references.is_some());
+        (secret, claim)
+    };
+    let retain = migrated(&load("minimal"));
+    assert_eq!(owned(&retain, "demo-credentials"), (false, false));
+    // Everything else is still owned (garbage-collected with the ChatSystem).
+    assert!(named(&retain.secrets, "demo-connections").metadata.owner_references.is_some());
+    let delete = migrated(&with_spec("minimal", serde_json::json!({"retention": "Delete"})));
+    assert_eq!(owned(&delete, "demo-credentials"), (true, true));
+    let policy = |d: &Desired| {
+        let s = named(&d.stateful_sets, "demo-mysql").spec.as_ref().unwrap();
+        s.persistent_volume_claim_retention_policy.as_ref().unwrap().when_deleted.clone().unwrap()
+    };
+    assert_eq!((policy(&retain), policy(&delete)), ("Retain".to_string(), "Delete".to_string()));
+    assert_eq!(build::credential_server("mysql-root-password"), Some(Infra::Mysql));
+    assert_eq!(build::credential_server("rabbitmq-password"), Some(Infra::Rabbitmq));
 }

@@ -476,6 +476,11 @@ async fn every_child_is_owned_for_garbage_collection() {
         ($($kind:ty),*) => {$(
             for o in h.api::<$kind>().list(&ListParams::default()).await.unwrap() {
                 if o.name_any().starts_with("kube-root-ca") { continue; } // the API server's own
+                // Retention Retain (the default): the data outlives the ChatSystem.
+                if ["demo-credentials", "demo-files"].contains(&o.name_any().as_str()) {
+                    assert!(o.owner_references().is_empty(), "{} {}", stringify!($kind), o.name_any());
+                    continue;
+                }
                 let owner = o.owner_references().iter().find(|r| r.uid == uid)
                     .unwrap_or_else(|| panic!("{} {} has no owner reference", stringify!($kind), o.name_any()));
                 assert_eq!((owner.kind.as_str(), owner.controller, owner.block_owner_deletion),
@@ -486,11 +491,11 @@ async fn every_child_is_owned_for_garbage_collection() {
     }
     owned!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress, NetworkPolicy);
     // PVCs made by StatefulSets' claim templates would belong to the StatefulSets; none
-    // exist here (no StatefulSet controller), so every claim is the files volume.
+    // exist here (no StatefulSet controller), so the only claim is the files volume.
     owned!(PersistentVolumeClaim);
-    // Secrets: credentials, connections, the internal CA, 7 certificates; NetworkPolicies:
-    // default deny, 7 services, 4 servers.
-    assert_eq!(count, 2 + 8 + 1 + 12 + 4 + 1 + 7 + 1 + 12 + 1);
+    // Secrets: connections, the internal CA, 7 certificates; NetworkPolicies: default deny,
+    // 7 services, 4 servers.
+    assert_eq!(count, 2 + 7 + 1 + 12 + 4 + 1 + 7 + 1 + 12);
 }
 
 #[tokio::test]
@@ -896,4 +901,140 @@ async fn secret_and_disabled_tls_modes_make_no_ca() {
     h.reconcile().await;
     assert!(h.get::<Secret>("demo-internal-ca").await.is_none());
     assert!(h.get::<Secret>("demo-user-tls").await.is_none());
+}
+
+/// Writes a ResourceQuota's status as the quota controller would (nothing used yet): the
+/// quota admission refuses every pod while a quota has no status.
+async fn quota_with_status(h: &Harness, hard: serde_json::Value) {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let quota: ResourceQuota =
+        serde_json::from_value(json!({"metadata": {"name": "compute"}, "spec": {"hard": hard}})).unwrap();
+    h.api::<ResourceQuota>().create(&PostParams::default(), &quota).await.unwrap();
+    let used: serde_json::Map<String, serde_json::Value> =
+        hard.as_object().unwrap().keys().map(|k| (k.clone(), json!("0"))).collect();
+    h.api::<ResourceQuota>()
+        .patch_status(
+            "compute",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"hard": hard, "used": used}})),
+        )
+        .await
+        .unwrap();
+    // Without a controller-manager the namespace has no default ServiceAccount, which the
+    // ServiceAccount admission needs for a pod.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    h.api::<k8s_openapi::api::core::v1::ServiceAccount>().create(&PostParams::default(), &sa).await.unwrap();
+}
+
+/// Creates a pod from a pod template, as a Job, Deployment or StatefulSet controller would.
+async fn pod_from(
+    h: &Harness,
+    name: &str,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut meta = template.metadata.clone().unwrap_or_default();
+    meta.name = Some(name.into());
+    let pod = Pod { metadata: meta, spec: template.spec.clone(), ..Pod::default() };
+    h.api::<Pod>().create(&PostParams::default(), &pod).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn a_namespace_with_a_resource_quota_admits_every_pod() {
+    let Some(h) = Harness::new("quota", json!({})).await else { return };
+    quota_with_status(
+        &h,
+        json!({"requests.cpu": "20", "requests.memory": "40Gi", "limits.cpu": "40", "limits.memory": "80Gi", "pods": "40"}),
+    )
+    .await;
+    // The quota is real: a pod without requests and limits is refused.
+    let bare: k8s_openapi::api::core::v1::PodTemplateSpec =
+        serde_json::from_value(json!({"spec": {"containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
+    let refused = pod_from(&h, "bare", &bare).await.unwrap_err();
+    assert!(refused.to_string().contains("must specify"), "{refused}");
+
+    h.ready().await;
+    assert_eq!(h.names::<Deployment>().await.len(), 7);
+    assert_eq!(h.names::<StatefulSet>().await.len(), 4);
+    // Every pod the system would run is admitted by the quota: the migration Job's first.
+    let job = h.api::<Job>().list(&ListParams::default()).await.unwrap().items.remove(0);
+    pod_from(&h, "migrate", &job.spec.unwrap().template).await.expect("the Job's pod is admitted");
+    for d in h.api::<Deployment>().list(&ListParams::default()).await.unwrap() {
+        pod_from(&h, &d.name_any(), &d.spec.unwrap().template).await.expect("a service's pod is admitted");
+    }
+    for s in h.api::<StatefulSet>().list(&ListParams::default()).await.unwrap() {
+        // The StatefulSet controller adds the claim template's volume.
+        let name = s.name_any();
+        let mut template = s.spec.unwrap().template;
+        let volume = json!({"name": "data", "persistentVolumeClaim": {"claimName": format!("data-{name}-0")}});
+        template.spec.as_mut().unwrap().volumes = Some(vec![serde_json::from_value(volume).unwrap()]);
+        pod_from(&h, &name, &template).await.expect("a server's pod is admitted");
+    }
+}
+
+/// What the garbage collector would do after the ChatSystem `uid` is gone: delete everything
+/// it owns (this control plane has no garbage collector).
+async fn collect_garbage(h: &Harness, uid: &str) {
+    macro_rules! each {
+        ($($kind:ty),*) => {$(
+            for o in h.api::<$kind>().list(&ListParams::default()).await.unwrap() {
+                if o.owner_references().iter().any(|r| r.uid == uid) {
+                    h.api::<$kind>().delete(&o.name_any(), &DeleteParams::default()).await.unwrap();
+                }
+            }
+        )*};
+    }
+    each!(Secret, ConfigMap, Service, StatefulSet, Job, Deployment, Ingress, PersistentVolumeClaim, NetworkPolicy);
+}
+
+#[tokio::test]
+async fn a_re_created_chat_system_keeps_its_credentials_and_volumes() {
+    let Some(h) = Harness::new("retain", json!({})).await else { return };
+    let cs = h.ready().await;
+    let creds = h.get::<Secret>("demo-credentials").await.unwrap();
+    assert!(creds.metadata.owner_references.is_none(), "Retain: the credentials outlive the ChatSystem");
+    assert!(h.get::<PersistentVolumeClaim>("demo-files").await.unwrap().metadata.owner_references.is_none());
+    let sts = h.get::<StatefulSet>("demo-mysql").await.unwrap();
+    let policy = sts.spec.unwrap().persistent_volume_claim_retention_policy.unwrap();
+    assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
+
+    // Delete and re-create under the same name.
+    h.api::<ChatSystem>().delete(&h.name, &DeleteParams::default()).await.unwrap();
+    collect_garbage(&h, &cs.uid().unwrap()).await;
+    assert!(h.get::<Deployment>("demo-gateway").await.is_none());
+    let fresh: ChatSystem = serde_json::from_value(json!({
+        "apiVersion": "chatmesh.io/v1alpha1", "kind": "ChatSystem", "metadata": {"name": h.name}, "spec": {},
+    }))
+    .unwrap();
+    h.api::<ChatSystem>().create(&PostParams::default(), &fresh).await.unwrap();
+    h.reconcile().await;
+    assert_eq!(h.get::<Secret>("demo-credentials").await.unwrap().data, creds.data, "the passwords are adopted");
+    assert_eq!(h.names::<PersistentVolumeClaim>().await, ["demo-files"]);
+
+    // The Secret deleted by hand while MariaDB's data exists: no new password is made, and the
+    // status says why.
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data-demo-mysql-0", "labels": {LABEL_INSTANCE: "demo", LABEL_MANAGED_BY: MANAGER}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    h.api::<PersistentVolumeClaim>().create(&PostParams::default(), &claim).await.unwrap();
+    h.api::<Secret>().delete("demo-credentials", &DeleteParams::default()).await.unwrap();
+    let err = reconcile::reconcile(Arc::new(h.cs().await), h.ctx.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("data-demo-mysql-0"), "{err}");
+    assert!(h.get::<Secret>("demo-credentials").await.is_none(), "no password was generated");
+    let cs = h.cs().await;
+    assert_eq!(condition(&cs, status::DEGRADED).0, "True");
+    assert!(status::condition(cs.status.as_ref(), status::DEGRADED).unwrap().message.contains("mysql-password"));
+
+    // Restored from a backup: the pass goes on with it.
+    let restored = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("demo-credentials".into()), ..Default::default() },
+        data: creds.data.clone(),
+        ..Secret::default()
+    };
+    h.api::<Secret>().create(&PostParams::default(), &restored).await.unwrap();
+    h.reconcile().await;
+    assert_eq!(h.get::<Secret>("demo-credentials").await.unwrap().data, creds.data);
 }

@@ -44,6 +44,11 @@ pub fn credential_keys(spec: &crate::crd::ChatSystemSpec) -> Vec<&'static str> {
     keys
 }
 
+/// The managed server whose data was made with a credentials key.
+pub fn credential_server(key: &str) -> Option<Infra> {
+    Infra::ALL.into_iter().find(|infra| key.starts_with(&format!("{}-", infra.name())))
+}
+
 pub fn credentials_secret_name(ctx: &Ctx) -> String {
     ctx.child("credentials")
 }
@@ -59,7 +64,9 @@ pub(super) fn objects(ctx: &Ctx) -> (Secret, Secret, ConfigMap) {
     let creds = &ctx.observed.credentials;
     // Every password ever generated stays, even for a server switched to external: switching
     // back finds the volume's data with the password it was made with.
-    let credentials = secret(ctx, credentials_secret_name(ctx), creds.clone());
+    let mut credentials = secret(ctx, credentials_secret_name(ctx), creds.clone());
+    // The servers' data only accepts these passwords: they live as long as the data does.
+    credentials.metadata = ctx.data_meta(credentials_secret_name(ctx), "config");
 
     let password = |key: &str| creds.get(key).cloned().unwrap_or_default();
     let mut urls = BTreeMap::new();

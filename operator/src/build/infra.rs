@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort,
@@ -112,6 +112,7 @@ pub(super) fn objects(ctx: &Ctx, infra: Infra, managed: &ManagedSpec) -> (Servic
         ..Service::default()
     };
 
+    let resources = managed.resources.clone().unwrap_or_else(|| super::resources::server(infra));
     let (env, args) = match infra {
         Infra::Mysql => (
             vec![
@@ -141,7 +142,11 @@ pub(super) fn objects(ctx: &Ctx, infra: Infra, managed: &ManagedSpec) -> (Servic
                 // One node: no cluster formation and no production bootstrap checks.
                 value("discovery.type", "single-node"),
                 value("xpack.security.enabled", "false"),
-                value("ES_JAVA_OPTS", "-Xms512m -Xmx512m"),
+                // Half the memory limit: the rest is the file cache Lucene lives on.
+                value("ES_JAVA_OPTS", &{
+                    let heap = super::resources::elasticsearch_heap_mib(&resources);
+                    format!("-Xms{heap}m -Xmx{heap}m")
+                }),
             ],
             vec![],
         ),
@@ -177,7 +182,7 @@ pub(super) fn objects(ctx: &Ctx, infra: Infra, managed: &ManagedSpec) -> (Servic
         }]),
         readiness_probe: Some(readiness),
         liveness_probe: Some(liveness),
-        resources: managed.resources.clone(),
+        resources: Some(resources),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".into(),
             mount_path: s.data_dir.into(),
@@ -235,6 +240,12 @@ pub(super) fn objects(ctx: &Ctx, infra: Infra, managed: &ManagedSpec) -> (Servic
                 }),
             },
             volume_claim_templates: Some(vec![claim]),
+            // The claim goes with the StatefulSet only when the data should go with the
+            // ChatSystem; scaling never deletes it.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(ctx.spec.retention.as_str().into()),
+                when_scaled: Some("Retain".into()),
+            }),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()

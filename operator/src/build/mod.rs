@@ -6,6 +6,7 @@ mod config;
 mod gateway;
 mod infra;
 mod network;
+pub mod resources;
 mod tls;
 mod workloads;
 
@@ -20,7 +21,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{ChatSystem, ChatSystemSpec, Dependency, ExternalSpec, ManagedSpec};
 
-pub use config::{CONNECTIONS_KEYS, ExternalRef, credential_keys, external_refs};
+pub use config::{CONNECTIONS_KEYS, ExternalRef, credential_keys, credential_server, external_refs};
 pub use gateway::gateway_endpoint;
 pub use network::{CALLS, callers, infra_clients};
 pub use tls::{ProvidedTls, TLS_DIR, ca_secret_name, provided, service_tls_secret_name, tls_refs};
@@ -359,6 +360,18 @@ impl<'a> Ctx<'a> {
                 .map(|o| vec![OwnerReference { block_owner_deletion: Some(true), ..o }]),
             ..ObjectMeta::default()
         }
+    }
+}
+
+impl Ctx<'_> {
+    /// Metadata of a child that holds data (a volume claim, the credentials): owned by the
+    /// ChatSystem only with `retention: Delete`, so by default it outlives the ChatSystem.
+    fn data_meta(&self, name: String, component: &str) -> ObjectMeta {
+        let mut meta = self.meta(name, component);
+        if self.spec.retention == crate::crd::Retention::Retain {
+            meta.owner_references = None;
+        }
+        meta
     }
 }
 

@@ -33,7 +33,7 @@ pub(super) fn files_claim(ctx: &Ctx) -> Option<PersistentVolumeClaim> {
         return None;
     }
     Some(PersistentVolumeClaim {
-        metadata: ctx.meta(files_claim_name(ctx), "file"),
+        metadata: ctx.data_meta(files_claim_name(ctx), "file"),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec![files.access_mode.as_str().into()]),
             storage_class_name: files.storage_class_name.clone(),
@@ -183,7 +183,7 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
         // Room to connect to the backends on a slow start before liveness counts.
         startup_probe: Some(http_probe("/healthz", 2, 60)),
-        resources: spec.resources.clone(),
+        resources: Some(spec.resources.clone().unwrap_or_else(|| super::resources::service(component))),
         security_context: Some(restricted_container()),
         volume_mounts: Some(mounts),
         ..Container::default()
@@ -242,6 +242,8 @@ pub(super) fn migration_job(ctx: &Ctx) -> Job {
         image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
         env: Some(config::env(ctx, "migrate", None)),
         env_from: Some(config::env_from(ctx)),
+        // A namespace with a ResourceQuota refuses a pod without requests and limits.
+        resources: Some(ctx.spec.migration.resources.clone().unwrap_or_else(super::resources::migration)),
         security_context: Some(restricted_container()),
         volume_mounts: Some(vec![tmp_mount]),
         ..Container::default()
