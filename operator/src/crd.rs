@@ -17,6 +17,44 @@ use serde::{Deserialize, Serialize};
 /// own version, so an operator upgrade rolls the system it manages forward with it).
 pub const DEFAULT_REPOSITORY: &str = "ghcr.io/chatmesh/chatmesh";
 
+/// A managed server's volume size and class are those of its StatefulSet's volume claim
+/// template, which the API server never lets change: an edit would stop every later pass at
+/// that StatefulSet. So the schema refuses it while the server stays managed (an absent
+/// dependency is a managed one with the defaults). Switching it to external and back is allowed
+/// (the StatefulSet is then made anew; its old claim, kept, is reused as it is).
+fn storage_unchanged(server: &str) -> String {
+    // has() chains rather than CEL optionals: the cost estimator keeps the fields' maxLength
+    // through these, not through optionals.
+    let field = |root: &str, f: &str| {
+        let path = format!("{root}.{server}.managed.storage");
+        format!(
+            "(has({root}.{server}) && has({root}.{server}.managed) && has({path}) && has({path}.{f}) ? {path}.{f} : '')"
+        )
+    };
+    let managed = |root: &str| format!("(!has({root}.{server}) || has({root}.{server}.managed))");
+    format!(
+        "!({old} && {new}) || ({} == {} && {} == {})",
+        field("self", "size"),
+        field("oldSelf", "size"),
+        field("self", "storageClassName"),
+        field("oldSelf", "storageClassName"),
+        old = managed("oldSelf"),
+        new = managed("self"),
+    )
+}
+
+fn storage_message(server: &str) -> String {
+    format!(
+        "{server}.managed.storage.size and storageClassName cannot be changed: the StatefulSet's volume claim template is immutable. To grow the volume, resize the claim data-<name>-{server}-0 itself where its storage class allows expansion (kubectl patch pvc)"
+    )
+}
+
+/// The files claim the operator makes: its class and access mode are immutable, its size may
+/// only grow (the claim is then expanded, where its storage class allows it).
+const FILES_UNCHANGED: &str = "!has(self.files) || !has(oldSelf.files) || has(self.files.existingClaim) || has(oldSelf.files.existingClaim) || ((has(self.files.storageClassName) ? self.files.storageClassName : '') == (has(oldSelf.files.storageClassName) ? oldSelf.files.storageClassName : '') && self.files.accessMode == oldSelf.files.accessMode && quantity(has(self.files.size) ? self.files.size : '10Gi').compareTo(quantity(has(oldSelf.files.size) ? oldSelf.files.size : '10Gi')) >= 0)";
+
+const FILES_MESSAGE: &str = "files.storageClassName and files.accessMode cannot be changed and files.size cannot shrink: the claim's class and access modes are immutable (make a new claim, copy the files, and set files.existingClaim)";
+
 /// Desired state of one chatmesh installation.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
@@ -38,6 +76,11 @@ pub const DEFAULT_REPOSITORY: &str = "ghcr.io/chatmesh/chatmesh";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(storage_unchanged("mysql")).message(Message::Message(storage_message("mysql"))))]
+#[x_kube(validation = Rule::new(storage_unchanged("redis")).message(Message::Message(storage_message("redis"))))]
+#[x_kube(validation = Rule::new(storage_unchanged("rabbitmq")).message(Message::Message(storage_message("rabbitmq"))))]
+#[x_kube(validation = Rule::new(storage_unchanged("elasticsearch")).message(Message::Message(storage_message("elasticsearch"))))]
+#[x_kube(validation = Rule::new(FILES_UNCHANGED).message(FILES_MESSAGE))]
 pub struct ChatSystemSpec {
     /// Stop reconciling: the operator changes nothing until this is false again.
     #[serde(default)]
@@ -451,10 +494,11 @@ pub struct ManagedSpec {
 pub struct StorageSpec {
     /// Volume size [default: 8Gi for MySQL and Elasticsearch, 1Gi for Redis, 2Gi for RabbitMQ].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"), length(max = 32))]
     pub size: Option<String>,
     /// StorageClass of the volume [default: the cluster's default class].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
 }
 
@@ -488,9 +532,10 @@ fn url_key() -> String {
 pub struct FilesSpec {
     /// Size of the claim the operator makes [default: 10Gi].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"), length(max = 32))]
     pub size: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
     /// ReadWriteMany lets file-service pods on different nodes share the volume; with
     /// ReadWriteOnce the file service is replaced, not rolled, on updates.
@@ -498,6 +543,7 @@ pub struct FilesSpec {
     pub access_mode: AccessMode,
     /// Use this PersistentVolumeClaim instead of making one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub existing_claim: Option<String>,
 }
 

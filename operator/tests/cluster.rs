@@ -1038,3 +1038,45 @@ async fn a_re_created_chat_system_keeps_its_credentials_and_volumes() {
     h.reconcile().await;
     assert_eq!(h.get::<Secret>("demo-credentials").await.unwrap().data, creds.data);
 }
+
+#[tokio::test]
+async fn storage_edits_that_would_stop_every_pass_are_refused() {
+    let Some(h) = Harness::new("immutable", json!({"rabbitmq": {"managed": {"storage": {"size": "2Gi"}}}})).await
+    else {
+        return;
+    };
+    let api = h.api::<ChatSystem>();
+    let edit = |spec: serde_json::Value| {
+        let api = api.clone();
+        let name = h.name.clone();
+        async move { api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec }))).await }
+    };
+    let refused = |result: Result<ChatSystem, kube::Error>, what: &str| {
+        let err = result.expect_err(what).to_string();
+        assert!(err.contains("cannot be changed"), "{what}: {err}");
+        err
+    };
+    // An absent dependency is managed with the defaults: setting a size is a change.
+    let err = refused(edit(json!({"mysql": {"managed": {"storage": {"size": "20Gi"}}}})).await, "mysql size");
+    assert!(err.contains("data-<name>-mysql-0"), "{err}");
+    refused(edit(json!({"rabbitmq": {"managed": {"storage": {"size": "4Gi"}}}})).await, "rabbitmq size");
+    refused(
+        edit(json!({"rabbitmq": {"managed": {"storage": {"size": "2Gi", "storageClassName": "fast"}}}})).await,
+        "rabbitmq class",
+    );
+    refused(edit(json!({"files": {"size": "5Gi"}})).await, "files shrink");
+    refused(edit(json!({"files": {"accessMode": "ReadWriteMany"}})).await, "files access mode");
+    refused(edit(json!({"files": {"storageClassName": "fast"}})).await, "files class");
+    // Nothing of it was stored.
+    let before = h.cs().await.spec;
+    assert_eq!(before.rabbitmq.managed.as_ref().unwrap().storage.size.as_deref(), Some("2Gi"));
+
+    // What is allowed: other edits, growing the files claim, switching a server to external,
+    // another claim for the files.
+    edit(json!({"services": {"user": {"replicas": 2}}})).await.expect("an unrelated edit");
+    edit(json!({"files": {"size": "20Gi"}})).await.expect("growing the files claim");
+    edit(json!({"rabbitmq": {"managed": null, "external": {"urlSecret": {"name": "amqp"}}}}))
+        .await
+        .expect("to external");
+    edit(json!({"files": {"size": null, "existingClaim": "shared"}})).await.expect("an existing claim");
+}
