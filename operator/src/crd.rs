@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration, TopologySpreadConstraint};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -225,6 +225,11 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "terse::<Option<Affinity>>")]
     pub affinity: Option<Affinity>,
+    /// core/v1 TopologySpreadConstraints of the pods [default: spread over nodes and zones,
+    /// maxSkew 1, ScheduleAnyway]; `[]`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<Vec<TopologySpreadConstraint>>>")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// Extra environment variables (core/v1 EnvVar); one with the name of an operator-set
     /// variable replaces it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -249,6 +254,7 @@ impl Default for ComponentSpec {
             node_selector: BTreeMap::new(),
             tolerations: vec![],
             affinity: None,
+            topology_spread_constraints: None,
             env: vec![],
             pod_annotations: BTreeMap::new(),
             pod_labels: BTreeMap::new(),

@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -176,6 +177,9 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
     for o in &desired.ingresses {
         apply.apply(o).await?;
     }
+    for o in &desired.pdbs {
+        apply.apply(o).await?;
+    }
     let deleted = delete_orphans(ctx, &ns, cs, &desired, &existing).await?;
 
     for (verb, kind, child) in changes.iter().chain(&deleted) {
@@ -302,6 +306,7 @@ struct Existing {
     deployments: Vec<Deployment>,
     ingresses: Vec<Ingress>,
     network_policies: Vec<NetworkPolicy>,
+    pdbs: Vec<PodDisruptionBudget>,
     /// Claims with our labels: the files claim and the servers' data claims (labelled by their
     /// StatefulSet's claim template).
     pvcs: Vec<PersistentVolumeClaim>,
@@ -346,6 +351,7 @@ impl Existing {
             deployments: list(client, ns, &selector).await?,
             ingresses: list(client, ns, &selector).await?,
             network_policies: list(client, ns, &selector).await?,
+            pdbs: list(client, ns, &selector).await?,
             // Claims are never deleted here.
             pvcs: list(client, ns, &selector).await?,
             versions: BTreeMap::new(),
@@ -360,6 +366,7 @@ impl Existing {
         versions(&mut v, &existing.deployments);
         versions(&mut v, &existing.ingresses);
         versions(&mut v, &existing.network_policies);
+        versions(&mut v, &existing.pdbs);
         Ok(Existing { versions: v, ..existing })
     }
 
@@ -554,6 +561,7 @@ async fn delete_orphans(
     }
     // Workloads before the configuration they read.
     sweep(ctx, ns, &existing.ingresses, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.pdbs, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.deployments, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.jobs, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.stateful_sets, &wanted, &uid, &mut deleted).await?;

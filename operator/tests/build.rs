@@ -151,7 +151,7 @@ fn defaults_make_a_whole_system() {
         assert_eq!(c.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "demo-config");
         assert_eq!(hash_of(dep), d.config_hash);
         // Probes on the admin port; a locked-down container.
-        let probe = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let probe = c.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(probe.path.as_deref(), Some("/readyz"));
         let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
@@ -985,4 +985,47 @@ fn retention_decides_who_owns_the_data() {
     assert_eq!((policy(&retain), policy(&delete)), ("Retain".to_string(), "Delete".to_string()));
     assert_eq!(build::credential_server("mysql-root-password"), Some(Infra::Mysql));
     assert_eq!(build::credential_server("rabbitmq-password"), Some(Infra::Rabbitmq));
+}
+
+#[test]
+fn drains_take_one_pod_at_a_time_and_replicas_spread() {
+    let d = migrated(&load("full"));
+    // gateway 3, user 2, file 2 replicas: a budget each; one replica (or none): no budget,
+    // which would block every drain of the node.
+    let mut pdbs: Vec<String> = d.pdbs.iter().map(|p| p.name_any()).collect();
+    pdbs.sort();
+    assert_eq!(pdbs, ["prod-file", "prod-gateway", "prod-user"]);
+    let pdb = named(&d.pdbs, "prod-gateway").spec.as_ref().unwrap();
+    assert_eq!(pdb.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
+    let selector = pdb.selector.as_ref().unwrap().match_labels.as_ref().unwrap();
+    assert_eq!(
+        selector,
+        named(&d.deployments, "prod-gateway").spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap()
+    );
+    assert!(d.names().contains(&("PodDisruptionBudget", "prod-user".to_string())));
+
+    let spread = |d: &Desired, name: &str| -> Vec<(String, String)> {
+        pod(named(&d.deployments, name))
+            .topology_spread_constraints
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| (c.topology_key.clone(), c.when_unsatisfiable.clone()))
+            .collect()
+    };
+    let by = |k: &str| (k.to_string(), "ScheduleAnyway".to_string());
+    assert_eq!(spread(&d, "prod-user"), [by("kubernetes.io/hostname"), by("topology.kubernetes.io/zone")]);
+    let own = with_spec("minimal", serde_json::json!({"services": {"user": {"topologySpreadConstraints": []}}}));
+    let d = migrated(&own);
+    assert!(spread(&d, "demo-user").is_empty());
+    assert_eq!(spread(&d, "demo-friend").len(), 2);
+    assert!(d.pdbs.is_empty());
+
+    // Ready = serving (/healthz); the backends gate only the start (/readyz).
+    let c = container(named(&d.deployments, "demo-user"));
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone().unwrap()
+    };
+    assert_eq!(path(&c.readiness_probe), "/healthz");
+    assert_eq!(path(&c.startup_probe), "/readyz");
 }

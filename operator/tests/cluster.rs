@@ -45,6 +45,15 @@ async fn client() -> Option<Client> {
     Some(client)
 }
 
+/// Applies the committed CRD again: the API server is shared, and another checkout's tests
+/// may have applied theirs since this binary started (for tests of the CRD's own rules).
+async fn reinstall_crd(client: &Client) {
+    let path = format!("{}/../crds/chatmesh.io_chatsystems.yaml", env!("CARGO_MANIFEST_DIR"));
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(&crd.name_any(), &PatchParams::apply("chatmesh-tests").force(), &Patch::Apply(&crd)).await.unwrap();
+}
+
 /// Installs the committed CRD once per test binary and waits until it is served.
 async fn install_crd(client: &Client) {
     static INSTALLED: OnceCell<()> = OnceCell::const_new();
@@ -1056,8 +1065,19 @@ async fn storage_edits_that_would_stop_every_pass_are_refused() {
         assert!(err.contains("cannot be changed"), "{what}: {err}");
         err
     };
-    // An absent dependency is managed with the defaults: setting a size is a change.
-    let err = refused(edit(json!({"mysql": {"managed": {"storage": {"size": "20Gi"}}}})).await, "mysql size");
+    // An absent dependency is managed with the defaults: setting a size is a change. (The
+    // CRD is applied again first, and its rules take a moment to apply.)
+    reinstall_crd(&h.client).await;
+    let mut result = edit(json!({"mysql": {"managed": {"storage": {"size": "20Gi"}}}})).await;
+    for _ in 0..50 {
+        if result.is_err() {
+            break;
+        }
+        edit(json!({"mysql": null})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        result = edit(json!({"mysql": {"managed": {"storage": {"size": "20Gi"}}}})).await;
+    }
+    let err = refused(result, "mysql size");
     assert!(err.contains("data-<name>-mysql-0"), "{err}");
     refused(edit(json!({"rabbitmq": {"managed": {"storage": {"size": "4Gi"}}}})).await, "rabbitmq size");
     refused(
@@ -1079,4 +1099,23 @@ async fn storage_edits_that_would_stop_every_pass_are_refused() {
         .await
         .expect("to external");
     edit(json!({"files": {"size": null, "existingClaim": "shared"}})).await.expect("an existing claim");
+}
+
+#[tokio::test]
+async fn replicated_services_get_disruption_budgets() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let Some(h) =
+        Harness::new("drain", json!({"services": {"gateway": {"replicas": 3}, "user": {"replicas": 2}}})).await
+    else {
+        return;
+    };
+    h.ready().await;
+    assert_eq!(h.names::<PodDisruptionBudget>().await, ["demo-gateway", "demo-user"]);
+    let d = h.get::<Deployment>("demo-gateway").await.unwrap();
+    let spread = d.spec.unwrap().template.spec.unwrap().topology_spread_constraints.unwrap();
+    assert_eq!(spread.len(), 2);
+    // Down to one replica: its budget goes (it would block every drain of the node).
+    h.patch_spec(json!({"services": {"user": {"replicas": 1}}})).await;
+    h.reconcile().await;
+    assert_eq!(h.names::<PodDisruptionBudget>().await, ["demo-gateway"]);
 }

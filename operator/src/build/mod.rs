@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -209,6 +210,8 @@ pub struct Desired {
     pub deployments: Vec<Deployment>,
     pub ingresses: Vec<Ingress>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// One per service with more than one replica: a node drain evicts them one at a time.
+    pub pdbs: Vec<PodDisruptionBudget>,
     /// Hash of all configuration the pods read; an annotation on every pod template.
     pub config_hash: String,
     /// The image the spec asks for.
@@ -242,6 +245,7 @@ impl Desired {
         each(&mut out, &self.deployments);
         each(&mut out, &self.ingresses);
         each(&mut out, &self.network_policies);
+        each(&mut out, &self.pdbs);
         out
     }
 }
@@ -289,6 +293,7 @@ pub fn build(cs: &ChatSystem, observed: &Observed, defaults: &Defaults) -> Desir
         if let Some(image) = image {
             desired.deployments.push(workloads::deployment(&ctx, component, &image, &desired.config_hash));
         }
+        desired.pdbs.extend(workloads::disruption_budget(&ctx, component));
     }
 
     desired.services.push(gateway::public_service(&ctx));

@@ -8,9 +8,10 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -180,9 +181,13 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
                 .collect(),
         ),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        readiness_probe: Some(http_probe("/readyz", 5, 2)),
-        // Room to connect to the backends on a slow start before liveness counts.
-        startup_probe: Some(http_probe("/healthz", 2, 60)),
+        // Ready = can serve. A shared server's blip reaches every pod at once, so taking them
+        // all out of their Service would only turn a partial outage into a whole one; the
+        // backends' state stays on /readyz and in /metrics (chatmesh_backend_*).
+        readiness_probe: Some(http_probe("/healthz", 5, 2)),
+        // A new pod starts serving only once its required backends have answered (/readyz),
+        // with up to 5 minutes to connect before it is restarted.
+        startup_probe: Some(http_probe("/readyz", 2, 150)),
         resources: Some(spec.resources.clone().unwrap_or_else(|| super::resources::service(component))),
         security_context: Some(restricted_container()),
         volume_mounts: Some(mounts),
@@ -217,6 +222,9 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
                     node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     affinity: spec.affinity.clone(),
+                    topology_spread_constraints: Some(
+                        spec.topology_spread_constraints.clone().unwrap_or_else(|| default_spread(ctx, name)),
+                    ),
                     security_context: Some(restricted_pod()),
                     // Services talk to the API server never, so they get no token.
                     automount_service_account_token: Some(false),
@@ -230,6 +238,42 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
         }),
         ..Deployment::default()
     }
+}
+
+/// Replicas spread over nodes and zones where possible (never a reason not to schedule).
+fn default_spread(ctx: &Ctx, component: &str) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(ctx.selector(component)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// A drain evicts one pod of the service at a time, waiting for its replacement to be ready.
+/// None for a single replica: a budget there would block every drain of its node.
+pub(super) fn disruption_budget(ctx: &Ctx, component: Component) -> Option<PodDisruptionBudget> {
+    let spec = component.spec(ctx.spec);
+    if spec.replicas <= 1 {
+        return None;
+    }
+    let name = component.name();
+    Some(PodDisruptionBudget {
+        metadata: ctx.meta(ctx.child(name), name),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(ctx.selector(name)), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
 }
 
 /// `chatmesh --target migrate` for the desired image. A Job's pod template is immutable, so
