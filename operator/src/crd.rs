@@ -715,16 +715,26 @@ pub struct ComponentStatus {
     pub replicas: i32,
 }
 
-#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationStatus {
     pub job: String,
     pub image: String,
     pub state: MigrationState,
+    /// Failed runs of this migration so far; each is retried after a growing delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// The end of the last failed run's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// When the failed Job is run again (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MigrationState {
+    #[default]
     Running,
     Succeeded,
     Failed,

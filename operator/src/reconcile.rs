@@ -135,7 +135,8 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         jobs: existing.job_states(),
         internal_tls,
     };
-    let desired = build::build(cs, &observed, &ctx.defaults);
+    let mut desired = build::build(cs, &observed, &ctx.defaults);
+    let retry = migration_retry(ctx, cs, &ns, &existing, &mut desired).await?;
     if new_ca {
         create_ca(ctx, &ns, build::ca_secret_name(&name), &desired).await?;
     }
@@ -194,7 +195,12 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         stateful_sets: &stateful_sets,
         public_service: public_service.as_ref(),
     };
-    let new = status::compute(cs, &applied, Timestamp::now());
+    let mut new = status::compute(cs, &applied, Timestamp::now());
+    if let Some(m) = new.migration.as_mut() {
+        m.failures = retry.failures;
+        m.last_failure = retry.last_failure.clone();
+        m.next_retry = retry.next_retry.map(|t| t.to_string());
+    }
     for type_ in [READY, DEGRADED] {
         if transitioned(cs.status.as_ref(), &new, type_)
             && let Some(c) = status::condition(Some(&new), type_)
@@ -205,7 +211,115 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         }
     }
     write_status(cs, ctx, new).await?;
-    Ok(Action::requeue(requeue_after(ctx.requeue, next_renewal, time::OffsetDateTime::now_utc())))
+    let after = requeue_after(ctx.requeue, next_renewal, time::OffsetDateTime::now_utc());
+    Ok(Action::requeue(retry.wait.map_or(after, |wait| wait.min(after))))
+}
+
+/// First retry of a failed migration after this long, doubling per failure up to
+/// `MIGRATION_RETRY_MAX`: a database that is still starting, or briefly away, gets time.
+const MIGRATION_RETRY_BASE: Duration = Duration::from_secs(30);
+const MIGRATION_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// The delay before the run after `failures` failed ones.
+pub fn migration_backoff(failures: u32) -> Duration {
+    MIGRATION_RETRY_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MIGRATION_RETRY_MAX)
+}
+
+/// What a pass knows of the target migration's failures.
+#[derive(Default)]
+struct Retry {
+    failures: Option<u32>,
+    last_failure: Option<String>,
+    next_retry: Option<Timestamp>,
+    /// Look again this soon.
+    wait: Option<Duration>,
+}
+
+/// A failed migration Job is deleted once its backoff has passed, so that the next pass
+/// makes it anew (same name: same pod template); until then the pass waits for it. The count
+/// and the last failure's log tail are carried in the status from pass to pass.
+async fn migration_retry(
+    ctx: &Context,
+    cs: &ChatSystem,
+    ns: &str,
+    existing: &Existing,
+    desired: &mut Desired,
+) -> Result<Retry, Error> {
+    let previous =
+        cs.status.as_ref().and_then(|s| s.migration.as_ref()).filter(|m| m.job == desired.migration_job).cloned();
+    let mut retry = Retry {
+        failures: previous.as_ref().and_then(|m| m.failures),
+        last_failure: previous.as_ref().and_then(|m| m.last_failure.clone()),
+        ..Retry::default()
+    };
+    if desired.migration_state != Some(JobState::Failed) {
+        return Ok(retry);
+    }
+    let job_name = desired.migration_job.clone();
+    let Some(job) = existing.jobs.iter().find(|j| j.name_any() == job_name) else { return Ok(retry) };
+    let failed_at = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map_or_else(Timestamp::now, |t| t.0);
+    // A failure is counted (and its log read) once: when the status first says Failed.
+    let newly_failed = previous.as_ref().is_none_or(|m| m.state != crate::crd::MigrationState::Failed);
+    if newly_failed {
+        retry.failures = Some(retry.failures.unwrap_or(0) + 1);
+        retry.last_failure = Some(log_tail(ctx, ns, &job_name).await);
+    }
+    let delay = migration_backoff(retry.failures.unwrap_or(1));
+    let due = failed_at + jiff_span(delay);
+    let now = Timestamp::now();
+    if now < due {
+        retry.next_retry = Some(due);
+        retry.wait = Some(Duration::try_from(due.duration_since(now)).unwrap_or(Duration::ZERO));
+        return Ok(retry);
+    }
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    match api.delete(&job_name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(source) => return Err(Error::Delete { kind: "Job", name: job_name, source }),
+    }
+    tracing::info!(chatsystem = %cs.name_any(), namespace = %ns, job = %job_name, failures = retry.failures, "retrying the failed migration");
+    publish(
+        ctx,
+        cs,
+        EventType::Normal,
+        "MigrationRetried",
+        "Migrate",
+        format!("Job {job_name} failed; running it again"),
+    )
+    .await;
+    // Made anew by the next pass, once this one is gone.
+    desired.jobs.retain(|j| j.name_any() != job_name);
+    retry.wait = Some(Duration::from_secs(1));
+    Ok(retry)
+}
+
+fn jiff_span(d: Duration) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or(k8s_openapi::jiff::SignedDuration::MAX)
+}
+
+/// The last lines of the failed Job's newest pod, bounded; or why there are none.
+async fn log_tail(ctx: &Context, ns: &str, job: &str) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = match pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await {
+        Ok(list) => list.items,
+        Err(err) => return format!("(no log: listing the Job's pods failed: {err})"),
+    };
+    let Some(pod) = list.iter().max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0)) else {
+        return "(no log: the Job's pods are gone)".into();
+    };
+    let params = kube::api::LogParams { tail_lines: Some(20), limit_bytes: Some(2048), ..Default::default() };
+    match pods.logs(&pod.name_any(), &params).await {
+        Ok(log) => log.chars().rev().take(2048).collect::<Vec<_>>().into_iter().rev().collect(),
+        Err(err) => format!("(no log of pod {}: {err})", pod.name_any()),
+    }
 }
 
 /// The regular resync, or sooner when a certificate is due for renewal before it.

@@ -93,7 +93,7 @@ fn stateful_set_status(s: &StatefulSet) -> (ComponentStatus, bool) {
 }
 
 /// The image tag after the last `:` (the registry may have a port, the tag has no `/`).
-fn tag_of(image: &str) -> &str {
+pub fn tag_of(image: &str) -> &str {
     match image.rsplit_once(':') {
         Some((_, tag)) if !tag.contains('/') => tag,
         _ => "latest",
@@ -208,6 +208,7 @@ pub fn compute(cs: &ChatSystem, applied: &Applied, now: Timestamp) -> ChatSystem
             job: desired.migration_job.clone(),
             image: desired.target_image.clone(),
             state: migration_state,
+            ..MigrationStatus::default()
         }),
     }
 }

@@ -1119,3 +1119,75 @@ async fn replicated_services_get_disruption_budgets() {
     h.reconcile().await;
     assert_eq!(h.names::<PodDisruptionBudget>().await, ["demo-gateway"]);
 }
+
+#[tokio::test]
+async fn a_failed_migration_is_retried_with_backoff_then_recovers() {
+    let Some(h) = Harness::new("retry", json!({})).await else { return };
+    h.ready().await;
+    h.patch_spec(json!({"image": {"tag": "2.0.0"}})).await;
+    let cs = h.reconcile().await;
+    let job = cs.status.unwrap().migration.unwrap().job;
+
+    // It fails now: the pass reports it with the log it could find and waits for the backoff.
+    let fail = |at: String| {
+        json!({"status": {"startTime": at, "failed": 11, "conditions": [
+            {"type": "FailureTarget", "status": "True", "lastTransitionTime": at, "reason": "BackoffLimitExceeded"},
+            {"type": "Failed", "status": "True", "lastTransitionTime": at, "reason": "BackoffLimitExceeded"}]}})
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let now = format!("{}Z", &now[..19]);
+    h.api::<Job>().patch_status(&job, &PatchParams::default(), &Patch::Merge(fail(now))).await.unwrap();
+    let cs = h.reconcile().await;
+    let m = cs.status.as_ref().unwrap().migration.clone().unwrap();
+    assert_eq!((m.state, m.failures), (chatmesh_operator::crd::MigrationState::Failed, Some(1)));
+    // No kubelet here: no pod, and the status says so rather than nothing.
+    assert!(m.last_failure.as_deref().unwrap().contains("no log"), "{m:?}");
+    assert!(m.next_retry.is_some());
+    assert_eq!(condition(&cs, status::DEGRADED), ("True".into(), "MigrationFailed".into()));
+    assert!(h.get::<Job>(&job).await.is_some(), "kept until the backoff has passed");
+    assert_eq!(reconcile::migration_backoff(1), Duration::from_secs(30));
+    assert_eq!(reconcile::migration_backoff(3), Duration::from_secs(120));
+    assert_eq!(reconcile::migration_backoff(40), Duration::from_secs(1800));
+
+    // The backoff has passed (the failure is older): the Job is deleted, then made anew.
+    let mut older = fail("2026-01-01T00:00:00Z".into());
+    older["status"].as_object_mut().unwrap().remove("startTime"); // set once, never changed
+    h.api::<Job>().patch_status(&job, &PatchParams::default(), &Patch::Merge(older)).await.unwrap();
+    h.reconcile().await;
+    assert!(h.get::<Job>(&job).await.is_none(), "the failed Job is deleted");
+    let cs = h.reconcile().await;
+    let fresh = h.get::<Job>(&job).await.expect("the Job is run again");
+    assert!(fresh.status.and_then(|s| s.conditions).unwrap_or_default().is_empty(), "a new Job");
+    let m = cs.status.as_ref().unwrap().migration.clone().unwrap();
+    assert_eq!((m.state, m.failures), (chatmesh_operator::crd::MigrationState::Running, Some(1)));
+    assert_eq!(image(&h.get::<Deployment>("demo-gateway").await.unwrap()), "ghcr.io/chatmesh/chatmesh:0.9.0");
+
+    // This time it succeeds: the services roll to 2.0.0.
+    h.finish_job(&job, true).await;
+    h.reconcile().await;
+    assert_eq!(image(&h.get::<Deployment>("demo-gateway").await.unwrap()), "ghcr.io/chatmesh/chatmesh:2.0.0");
+    let events = h.events().await;
+    assert!(events.iter().any(|(reason, _)| reason == "MigrationRetried"), "{events:?}");
+}
+
+#[tokio::test]
+async fn an_operator_upgrade_leaves_running_systems_on_their_version() {
+    let Some(h) = Harness::new("version", json!({})).await else { return };
+    h.ready().await;
+    // A newer operator (another default tag): the system without a tag keeps running 0.9.0.
+    let newer = Arc::new(Context {
+        client: h.client.clone(),
+        recorder: Recorder::new(h.client.clone(), Reporter { controller: "t".into(), instance: None }),
+        defaults: Defaults { tag: "1.5.0".into() },
+        requeue: Duration::from_secs(300),
+    });
+    let before = h.versions().await;
+    reconcile::reconcile(Arc::new(h.cs().await), newer.clone()).await.unwrap();
+    assert_eq!(h.versions().await, before, "nothing changed");
+    assert_eq!(image(&h.get::<Deployment>("demo-gateway").await.unwrap()), "ghcr.io/chatmesh/chatmesh:0.9.0");
+    // Until its tag is set.
+    h.patch_spec(json!({"image": {"tag": "1.5.0"}})).await;
+    reconcile::reconcile(Arc::new(h.cs().await), newer).await.unwrap();
+    let cs = h.cs().await;
+    assert_eq!(cs.status.unwrap().migration.unwrap().image, "ghcr.io/chatmesh/chatmesh:1.5.0");
+}

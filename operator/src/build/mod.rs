@@ -316,7 +316,13 @@ struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     fn new(cs: &'a ChatSystem, observed: &'a Observed, defaults: &Defaults) -> Self {
         let image = &cs.spec.image;
-        let tag = image.tag.clone().unwrap_or_else(|| defaults.tag.clone());
+        // Version policy: the spec's tag; else the tag the system runs (an operator upgrade
+        // does not upgrade it); else, for a new system, the operator's default.
+        let running = Component::ALL
+            .iter()
+            .find_map(|c| observed.deployed_images.get(c))
+            .map(|image| crate::status::tag_of(image).to_string());
+        let tag = image.tag.clone().or(running).unwrap_or_else(|| defaults.tag.clone());
         Self {
             cs,
             spec: &cs.spec,
