@@ -143,7 +143,7 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
 
     // Apply, in order: configuration, volumes, Services, servers, the migration, services.
     let mut changes = vec![];
-    let mut apply = Applier { ctx, ns: &ns, before: &existing.versions, changes: &mut changes };
+    let mut apply = Applier { ctx, ns: &ns, before: &existing.versions, seen: &existing.seen, changes: &mut changes };
     for o in &desired.secrets {
         apply.apply(o).await?;
     }
@@ -426,6 +426,8 @@ struct Existing {
     pvcs: Vec<PersistentVolumeClaim>,
     /// resourceVersion of every child by (kind, name), to tell created and updated apart.
     versions: BTreeMap<(&'static str, String), String>,
+    /// Children whose applied hash is known and that nobody else wrote since: (hash, object).
+    seen: BTreeMap<(&'static str, String), (String, serde_json::Value)>,
 }
 
 async fn list<K>(client: &Client, ns: &str, selector: &str) -> Result<Vec<K>, Error>
@@ -444,12 +446,30 @@ where
     Ok(list.items)
 }
 
-fn versions<K: Resource<DynamicType = ()> + k8s_openapi::Resource>(
+/// Annotation holding the hash of the object as last applied: an unchanged desired object is
+/// not applied again.
+pub const APPLIED_HASH_ANNOTATION: &str = "chatmesh.io/applied-hash";
+
+fn versions<K: Resource<DynamicType = ()> + k8s_openapi::Resource + Serialize>(
     out: &mut BTreeMap<(&'static str, String), String>,
+    seen: &mut BTreeMap<(&'static str, String), (String, serde_json::Value)>,
     items: &[K],
 ) {
     for item in items {
-        out.insert((kind_of::<K>(), item.name_any()), item.resource_version().unwrap_or_default());
+        let key = (kind_of::<K>(), item.name_any());
+        out.insert(key.clone(), item.resource_version().unwrap_or_default());
+        // An object someone else wrote (kubectl edit, another tool; status writes aside) is
+        // drift to undo: it is applied again whatever its hash says.
+        let only_ours =
+            item.meta().managed_fields.iter().flatten().all(|f| {
+                f.manager.as_deref() == Some(MANAGER) || f.subresource.as_deref().is_some_and(|s| s == "status")
+            });
+        if let Some(hash) = item.annotations().get(APPLIED_HASH_ANNOTATION)
+            && only_ours
+            && let Ok(value) = serde_json::to_value(item)
+        {
+            seen.insert(key, (hash.clone(), value));
+        }
     }
 }
 
@@ -469,19 +489,21 @@ impl Existing {
             // Claims are never deleted here.
             pvcs: list(client, ns, &selector).await?,
             versions: BTreeMap::new(),
+            seen: BTreeMap::new(),
         };
         let mut v = BTreeMap::new();
-        versions(&mut v, &existing.secrets);
-        versions(&mut v, &existing.config_maps);
-        versions(&mut v, &existing.pvcs);
-        versions(&mut v, &existing.services);
-        versions(&mut v, &existing.stateful_sets);
-        versions(&mut v, &existing.jobs);
-        versions(&mut v, &existing.deployments);
-        versions(&mut v, &existing.ingresses);
-        versions(&mut v, &existing.network_policies);
-        versions(&mut v, &existing.pdbs);
-        Ok(Existing { versions: v, ..existing })
+        let mut seen = BTreeMap::new();
+        versions(&mut v, &mut seen, &existing.secrets);
+        versions(&mut v, &mut seen, &existing.config_maps);
+        versions(&mut v, &mut seen, &existing.pvcs);
+        versions(&mut v, &mut seen, &existing.services);
+        versions(&mut v, &mut seen, &existing.stateful_sets);
+        versions(&mut v, &mut seen, &existing.jobs);
+        versions(&mut v, &mut seen, &existing.deployments);
+        versions(&mut v, &mut seen, &existing.ingresses);
+        versions(&mut v, &mut seen, &existing.network_policies);
+        versions(&mut v, &mut seen, &existing.pdbs);
+        Ok(Existing { versions: v, seen, ..existing })
     }
 
     fn deployed_images(&self, name: &str) -> BTreeMap<Component, String> {
@@ -592,6 +614,7 @@ struct Applier<'a> {
     ctx: &'a Context,
     ns: &'a str,
     before: &'a BTreeMap<(&'static str, String), String>,
+    seen: &'a BTreeMap<(&'static str, String), (String, serde_json::Value)>,
     changes: &'a mut Vec<(&'static str, &'static str, String)>,
 }
 
@@ -608,10 +631,20 @@ impl Applier<'_> {
         let api: Api<K> = Api::namespaced(self.ctx.client.clone(), self.ns);
         let name = obj.name_any();
         let kind = kind_of::<K>();
+        // Unchanged since it was applied, and written by nobody else since: no request.
+        let hash = build::hash_of(obj);
+        if let Some((applied_hash, current)) = self.seen.get(&(kind, name.clone()))
+            && *applied_hash == hash
+            && let Ok(current) = serde_json::from_value::<K>(current.clone())
+        {
+            return Ok(current);
+        }
+        let mut obj = obj.clone();
+        obj.meta_mut().annotations.get_or_insert_default().insert(APPLIED_HASH_ANNOTATION.into(), hash);
         // One field manager, forced: this operator owns these fields, and an edit by hand is
         // drift to undo. Applying an unchanged object is a no-op (no new resourceVersion).
         let params = PatchParams::apply(MANAGER).force();
-        let applied = api.patch(&name, &params, &Patch::Apply(obj)).await.map_err(|source| Error::Apply {
+        let applied = api.patch(&name, &params, &Patch::Apply(&obj)).await.map_err(|source| Error::Apply {
             kind,
             name: name.clone(),
             source,

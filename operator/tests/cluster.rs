@@ -1191,3 +1191,80 @@ async fn an_operator_upgrade_leaves_running_systems_on_their_version() {
     let cs = h.cs().await;
     assert_eq!(cs.status.unwrap().migration.unwrap().image, "ghcr.io/chatmesh/chatmesh:1.5.0");
 }
+
+/// Every request a client sends, as (method, path).
+#[derive(Clone, Default)]
+struct Requests(Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl Requests {
+    fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl<S> tower::Layer<S> for Requests {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner, requests: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    requests: Requests,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.requests.0.lock().unwrap().push((req.method().to_string(), req.uri().path().to_string()));
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test]
+async fn a_pass_with_nothing_to_change_writes_nothing() {
+    let Some(h) = Harness::new("steady", json!({"services": {"user": {"replicas": 2}}})).await else { return };
+    h.ready().await;
+    let requests = Requests::default();
+    let path = std::env::var("CHATMESH_TEST_KUBECONFIG").unwrap();
+    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path).unwrap(), &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = kube::client::ClientBuilder::try_from(config).unwrap().with_layer(&requests).build();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, Reporter { controller: "t".into(), instance: None }),
+        defaults: Defaults { tag: "0.9.0".into() },
+        requeue: Duration::from_secs(300),
+    });
+    let before = h.versions().await;
+    for _ in 0..2 {
+        reconcile::reconcile(Arc::new(h.cs().await), ctx.clone()).await.unwrap();
+        let sent = requests.take();
+        let writes: Vec<&(String, String)> = sent.iter().filter(|(m, _)| m != "GET").collect();
+        assert!(writes.is_empty(), "a steady pass writes nothing: {writes:#?}");
+        // The reads: 10 child lists, the credentials and the CA by name.
+        assert!(sent.len() <= 12, "{} requests: {sent:#?}", sent.len());
+    }
+    assert_eq!(h.versions().await, before);
+
+    // Drift by hand (another field manager): the next pass puts it back, with writes.
+    h.api::<Deployment>()
+        .patch("demo-user", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}})))
+        .await
+        .unwrap();
+    reconcile::reconcile(Arc::new(h.cs().await), ctx.clone()).await.unwrap();
+    let writes = requests.take().into_iter().filter(|(m, _)| m == "PATCH").count();
+    assert!(writes >= 1);
+    assert_eq!(h.get::<Deployment>("demo-user").await.unwrap().spec.unwrap().replicas, Some(2));
+}

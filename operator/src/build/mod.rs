@@ -394,6 +394,11 @@ fn short_hash(bytes: &[u8], len: usize) -> String {
     hex[..len].to_string()
 }
 
+/// Hash of a desired object as it is applied (recorded on it, to skip unchanged applies).
+pub fn hash_of<K: serde::Serialize>(obj: &K) -> String {
+    short_hash(&serde_json::to_vec(obj).expect("a built object serialises"), 16)
+}
+
 /// The SHA-256 digest of a secret value, as recorded in `Observed::external_digests`.
 pub fn digest(value: &[u8]) -> String {
     short_hash(value, 64)
