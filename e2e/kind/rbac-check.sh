@@ -34,7 +34,8 @@ EOF
   port=18480
   while port_open 127.0.0.1 "$port"; do port=$((port + 1)); done
   log "running $CHATMESH_OPERATOR_BIN as serviceaccount $OP_NS/$sa (log: $oplog)"
-  env KUBECONFIG="$kc" CHATMESH_OPERATOR_NAMESPACE="$APP_NS" CHATMESH_OPERATOR_LISTEN="127.0.0.1:$port" \
+  env KUBECONFIG="$kc" CHATMESH_OPERATOR_NAMESPACE="$APP_NS" CHATMESH_OPERATOR_LEASE_NAMESPACE="$OP_NS" \
+    CHATMESH_OPERATOR_LISTEN="127.0.0.1:$port" \
     CHATMESH_OPERATOR_LOG=info,chatmesh_operator=debug CHATMESH_OPERATOR_LOG_FORMAT=text CHATMESH_OPERATOR_RESYNC=5s \
     NO_COLOR=1 "$CHATMESH_OPERATOR_BIN" </dev/null >"$oplog" 2>&1 &
   op_pid=$!

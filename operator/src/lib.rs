@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;

@@ -50,6 +50,13 @@ struct Cli {
     log: String,
     #[arg(long, env = "CHATMESH_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Reconcile only while holding the Lease `chatmesh-operator` (so replicas can run side by
+    /// side); `false` for a single replica that needs no Lease.
+    #[arg(long, env = "CHATMESH_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of that Lease [default: the client's namespace, in a pod its own].
+    #[arg(long, env = "CHATMESH_OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
 }
 
 /// `30s`, `5m`, `1h` or plain seconds.
@@ -97,6 +104,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     chatmesh_operator::metrics::READY.store(true, Ordering::Relaxed);
 
+    // A standby replica is ready (it serves its probes) but reconciles nothing until it leads.
+    let elector = cli.leader_election.then(|| {
+        let ns = cli.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        let identity =
+            cli.pod_name.clone().unwrap_or_else(|| format!("chatmesh-operator-{:08x}", rand::random::<u32>()));
+        chatmesh_operator::leader::Elector::new(client.clone(), &ns, MANAGER, &identity, Duration::from_secs(15))
+    });
+    if let Some(elector) = &elector {
+        tracing::info!(identity = elector.identity(), "waiting to lead (Lease {MANAGER})");
+        elector.acquire(Duration::from_secs(2)).await;
+        tracing::info!(identity = elector.identity(), "leading");
+    }
+    let lost = async {
+        match &elector {
+            Some(elector) => elector.keep().await,
+            None => std::future::pending().await,
+        }
+    };
+
     let reporter = Reporter { controller: MANAGER.into(), instance: cli.pod_name.clone() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -137,6 +163,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     tokio::select! {
         () = controller => tracing::info!("controller stopped"),
+        // Exit rather than race the new leader; the pod restarts as a standby.
+        () = lost => return Err("lost the leader Lease".into()),
         result = server => {
             result??;
             return Err("the health and metrics server stopped".into());

@@ -1268,3 +1268,31 @@ async fn a_pass_with_nothing_to_change_writes_nothing() {
     assert!(writes >= 1);
     assert_eq!(h.get::<Deployment>("demo-user").await.unwrap().spec.unwrap().replicas, Some(2));
 }
+
+#[tokio::test]
+async fn two_operator_replicas_elect_one_leader() {
+    use chatmesh_operator::leader::Elector;
+    let Some(client) = client().await else { return };
+    let ns = namespace(&client, "leader").await;
+    let lease = Duration::from_secs(2);
+    let a = Elector::new(client.clone(), &ns, "chatmesh-operator", "a", lease);
+    let b = Elector::new(client.clone(), &ns, "chatmesh-operator", "b", lease);
+    // Both try at the same moment: exactly one leads.
+    let (ra, rb) = tokio::join!(a.try_lead(), b.try_lead());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra != rb, "exactly one leader: a={ra} b={rb}");
+    let (leader, standby) = if ra { (&a, &b) } else { (&b, &a) };
+    // The leader renews; the standby keeps waiting.
+    assert!(leader.try_lead().await.unwrap());
+    assert!(!standby.try_lead().await.unwrap());
+    // The leader goes (stops renewing): after the Lease's duration the standby takes over,
+    // and the old leader, were it back, no longer leads.
+    tokio::time::sleep(lease + Duration::from_millis(1200)).await;
+    assert!(standby.try_lead().await.unwrap());
+    assert!(!leader.try_lead().await.unwrap());
+    let stored: k8s_openapi::api::coordination::v1::Lease =
+        Api::namespaced(client.clone(), &ns).get("chatmesh-operator").await.unwrap();
+    let spec = stored.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some(standby.identity()));
+    assert_eq!(spec.lease_transitions, Some(1));
+}
