@@ -43,6 +43,9 @@ pub struct Context {
 pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = run(&cs, &ctx).await;
+    if result.is_ok() {
+        FAILURES.lock().unwrap_or_else(|e| e.into_inner()).remove(&failures_key(&cs));
+    }
     crate::metrics::reconciled(started.elapsed(), result.as_ref().map(|_| ()));
     if let Err(err) = &result {
         tracing::warn!(chatsystem = %cs.name_any(), namespace = ?cs.namespace(), error = %err, "reconcile failed");
@@ -51,9 +54,29 @@ pub async fn reconcile(cs: Arc<ChatSystem>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-/// The controller's error policy: try again soon (the failure is already reported).
-pub fn error_policy(_cs: Arc<ChatSystem>, _err: &Error, _ctx: Arc<Context>) -> Action {
-    Action::requeue(Duration::from_secs(15))
+/// Consecutive failed passes per ChatSystem (namespace, name), for the retry backoff.
+static FAILURES: std::sync::LazyLock<std::sync::Mutex<BTreeMap<(String, String), u32>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn failures_key(cs: &ChatSystem) -> (String, String) {
+    (cs.namespace().unwrap_or_default(), cs.name_any())
+}
+
+/// The delay before retrying after `failures` consecutive failed passes: 5 s doubling up to
+/// 5 min, +-20 % so that many failing ChatSystems do not retry in step.
+pub fn retry_after(failures: u32) -> Duration {
+    let base =
+        Duration::from_secs(5).saturating_mul(1 << failures.saturating_sub(1).min(10)).min(Duration::from_secs(300));
+    base.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// The controller's error policy: try again after a growing delay (the failure is already
+/// reported); a successful pass resets it.
+pub fn error_policy(cs: Arc<ChatSystem>, _err: &Error, _ctx: Arc<Context>) -> Action {
+    let mut failures = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(failures_key(&cs)).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(retry_after(*n))
 }
 
 async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {

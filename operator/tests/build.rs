@@ -1029,3 +1029,31 @@ fn drains_take_one_pod_at_a_time_and_replicas_spread() {
     assert_eq!(path(&c.readiness_probe), "/healthz");
     assert_eq!(path(&c.startup_probe), "/readyz");
 }
+
+#[test]
+fn the_ingress_keeps_websockets_open_and_takes_uploads() {
+    let d = migrated(&load("full"));
+    let ingress = &d.ingresses[0];
+    let a = ingress.metadata.annotations.as_ref().unwrap();
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-body-size"], "100m");
+    // Only the HTTP port (which serves no /metrics) is behind it.
+    let paths = &ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0].http.as_ref().unwrap().paths;
+    let port = paths[0].backend.service.as_ref().unwrap().port.as_ref().unwrap();
+    assert_eq!((paths.len(), port.name.as_deref()), (1, Some("http")));
+    // The spec's annotations win.
+    let own = with_spec(
+        "full",
+        serde_json::json!({"gateway": {"ingress": {"host": "chat.example.com",
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "1g"}}}}),
+    );
+    let d = migrated(&own);
+    let a = d.ingresses[0].metadata.annotations.as_ref().unwrap();
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-body-size"], "1g");
+    assert_eq!(a["nginx.ingress.kubernetes.io/proxy-send-timeout"], "3600");
+    // Failed passes back off: 5 s, doubling, at most 5 min (with jitter).
+    use chatmesh_operator::reconcile::retry_after;
+    assert!((4..=6).contains(&retry_after(1).as_secs()));
+    assert!((16..=24).contains(&retry_after(3).as_secs()));
+    assert!(retry_after(30).as_secs() <= 360);
+}

@@ -6,6 +6,7 @@ use k8s_openapi::api::networking::v1::{
     IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 
 use super::Ctx;
 use crate::crd::{ChatSystem, ServiceType};
@@ -53,9 +54,13 @@ pub(super) fn public_service(ctx: &Ctx) -> Service {
 pub(super) fn ingress(ctx: &Ctx) -> Option<Ingress> {
     let spec = ctx.spec.gateway.ingress.as_ref()?;
     let mut metadata = ctx.meta(public_name(ctx), "gateway");
-    if !spec.annotations.is_empty() {
-        metadata.annotations = Some(spec.annotations.clone());
-    }
+    // Defaults for ingress-nginx (other controllers ignore them), each overridable by the
+    // spec's annotations: notification WebSockets stay open far longer than the 60 s default,
+    // and an upload may be as large as the file service takes (64 MiB per file by default).
+    let mut annotations: BTreeMap<String, String> =
+        INGRESS_DEFAULTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    annotations.extend(spec.annotations.clone());
+    metadata.annotations = Some(annotations);
     Some(Ingress {
         metadata,
         spec: Some(IngressSpec {
@@ -84,6 +89,13 @@ pub(super) fn ingress(ctx: &Ctx) -> Option<Ingress> {
         ..Ingress::default()
     })
 }
+
+/// ingress-nginx annotations set unless the spec sets them.
+pub const INGRESS_DEFAULTS: [(&str, &str); 3] = [
+    ("nginx.ingress.kubernetes.io/proxy-read-timeout", "3600"),
+    ("nginx.ingress.kubernetes.io/proxy-send-timeout", "3600"),
+    ("nginx.ingress.kubernetes.io/proxy-body-size", "100m"),
+];
 
 /// Where clients connect: the Ingress URL, a load balancer's address once it has one, or the
 /// Service's cluster DNS name, with the HTTP port.
