@@ -206,9 +206,14 @@ pub struct ServicesSpec {
 #[x_kube(validation = Rule::new("!has(self.podAnnotations) || !('chatmesh.io/config-hash' in self.podAnnotations)")
     .message("podAnnotations cannot set chatmesh.io/config-hash (the operator's)"))]
 pub struct ComponentSpec {
+    /// Pods of the service; ignored with `autoscaling`.
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
+    /// A HorizontalPodAutoscaler sizes the service instead of `replicas` (the operator then
+    /// leaves the Deployment's replica count to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// Compute resources of the service's container (core/v1 ResourceRequirements); replaces
     /// the default as a whole [default: requests 50m CPU and 64Mi, limits 500m and 256Mi;
     /// gateway 100m/128Mi, 1/512Mi; speech 100m/128Mi, 1/1Gi].
@@ -250,6 +255,7 @@ impl Default for ComponentSpec {
     fn default() -> Self {
         Self {
             replicas: one(),
+            autoscaling: None,
             resources: None,
             node_selector: BTreeMap::new(),
             tolerations: vec![],
@@ -264,6 +270,26 @@ impl Default for ComponentSpec {
 
 fn one() -> i32 {
     1
+}
+
+/// Scaling on CPU use (the HPA compares usage with the container's CPU request).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct AutoscalingSpec {
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the request, to scale at [default: 75].
+    #[serde(default = "seventy_five")]
+    #[schemars(range(min = 10, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn seventy_five() -> i32 {
+    75
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

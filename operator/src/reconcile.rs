@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -202,6 +203,9 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         apply.apply(o).await?;
     }
     for o in &desired.pdbs {
+        apply.apply(o).await?;
+    }
+    for o in &desired.hpas {
         apply.apply(o).await?;
     }
     let deleted = delete_orphans(ctx, &ns, cs, &desired, &existing).await?;
@@ -444,6 +448,7 @@ struct Existing {
     ingresses: Vec<Ingress>,
     network_policies: Vec<NetworkPolicy>,
     pdbs: Vec<PodDisruptionBudget>,
+    hpas: Vec<HorizontalPodAutoscaler>,
     /// Claims with our labels: the files claim and the servers' data claims (labelled by their
     /// StatefulSet's claim template).
     pvcs: Vec<PersistentVolumeClaim>,
@@ -483,10 +488,11 @@ fn versions<K: Resource<DynamicType = ()> + k8s_openapi::Resource + Serialize>(
         out.insert(key.clone(), item.resource_version().unwrap_or_default());
         // An object someone else wrote (kubectl edit, another tool; status writes aside) is
         // drift to undo: it is applied again whatever its hash says.
-        let only_ours =
-            item.meta().managed_fields.iter().flatten().all(|f| {
-                f.manager.as_deref() == Some(MANAGER) || f.subresource.as_deref().is_some_and(|s| s == "status")
-            });
+        let only_ours = item.meta().managed_fields.iter().flatten().all(|f| {
+            // Status and scale (an HPA) writes are not ours to undo.
+            f.manager.as_deref() == Some(MANAGER)
+                || f.subresource.as_deref().is_some_and(|s| s == "status" || s == "scale")
+        });
         if let Some(hash) = item.annotations().get(APPLIED_HASH_ANNOTATION)
             && only_ours
             && let Ok(value) = serde_json::to_value(item)
@@ -509,6 +515,7 @@ impl Existing {
             ingresses: list(client, ns, &selector).await?,
             network_policies: list(client, ns, &selector).await?,
             pdbs: list(client, ns, &selector).await?,
+            hpas: list(client, ns, &selector).await?,
             // Claims are never deleted here.
             pvcs: list(client, ns, &selector).await?,
             versions: BTreeMap::new(),
@@ -526,6 +533,7 @@ impl Existing {
         versions(&mut v, &mut seen, &existing.ingresses);
         versions(&mut v, &mut seen, &existing.network_policies);
         versions(&mut v, &mut seen, &existing.pdbs);
+        versions(&mut v, &mut seen, &existing.hpas);
         Ok(Existing { versions: v, seen, ..existing })
     }
 
@@ -732,6 +740,7 @@ async fn delete_orphans(
     // Workloads before the configuration they read.
     sweep(ctx, ns, &existing.ingresses, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.pdbs, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.hpas, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.deployments, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.jobs, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.stateful_sets, &wanted, &uid, &mut deleted).await?;

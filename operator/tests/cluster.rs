@@ -1296,3 +1296,34 @@ async fn two_operator_replicas_elect_one_leader() {
     assert_eq!(spec.holder_identity.as_deref(), Some(standby.identity()));
     assert_eq!(spec.lease_transitions, Some(1));
 }
+
+#[tokio::test]
+async fn an_autoscaled_service_keeps_the_replicas_its_autoscaler_sets() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let spec = json!({"services": {"user": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}}}});
+    let Some(h) = Harness::new("hpa", spec).await else { return };
+    h.ready().await;
+    let hpa = h.get::<HorizontalPodAutoscaler>("demo-user").await.expect("an HPA");
+    let hpa = hpa.spec.unwrap();
+    assert_eq!((hpa.scale_target_ref.name.as_str(), hpa.min_replicas, hpa.max_replicas), ("demo-user", Some(2), 6));
+    assert!(h.get::<PodDisruptionBudget>("demo-user").await.is_some());
+
+    // The autoscaler scales (through the scale subresource, as the HPA controller does).
+    let scale = json!({"spec": {"replicas": 4}});
+    h.api::<Deployment>()
+        .patch_scale("demo-user", &PatchParams::apply("horizontal-pod-autoscaler"), &Patch::Merge(scale))
+        .await
+        .unwrap();
+    h.reconcile().await;
+    h.reconcile().await;
+    assert_eq!(h.get::<Deployment>("demo-user").await.unwrap().spec.unwrap().replicas, Some(4));
+    // Services without autoscaling keep the spec's count.
+    assert_eq!(h.get::<Deployment>("demo-gateway").await.unwrap().spec.unwrap().replicas, Some(1));
+
+    // Autoscaling off: the HPA goes and the spec's replicas count again.
+    h.patch_spec(json!({"services": {"user": {"autoscaling": null, "replicas": 3}}})).await;
+    h.reconcile().await;
+    assert!(h.get::<HorizontalPodAutoscaler>("demo-user").await.is_none());
+    assert_eq!(h.get::<Deployment>("demo-user").await.unwrap().spec.unwrap().replicas, Some(3));
+}

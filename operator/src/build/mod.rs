@@ -13,6 +13,7 @@ mod workloads;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -212,6 +213,8 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     /// One per service with more than one replica: a node drain evicts them one at a time.
     pub pdbs: Vec<PodDisruptionBudget>,
+    /// One per service with `autoscaling`.
+    pub hpas: Vec<HorizontalPodAutoscaler>,
     /// Hash of all configuration the pods read; an annotation on every pod template.
     pub config_hash: String,
     /// The image the spec asks for.
@@ -246,6 +249,7 @@ impl Desired {
         each(&mut out, &self.ingresses);
         each(&mut out, &self.network_policies);
         each(&mut out, &self.pdbs);
+        each(&mut out, &self.hpas);
         out
     }
 }
@@ -294,6 +298,7 @@ pub fn build(cs: &ChatSystem, observed: &Observed, defaults: &Defaults) -> Desir
             desired.deployments.push(workloads::deployment(&ctx, component, &image, &desired.config_hash));
         }
         desired.pdbs.extend(workloads::disruption_budget(&ctx, component));
+        desired.hpas.extend(workloads::autoscaler(&ctx, component));
     }
 
     desired.services.push(gateway::public_service(&ctx));

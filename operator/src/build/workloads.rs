@@ -4,6 +4,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
@@ -206,7 +210,8 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
     Deployment {
         metadata: ctx.meta(ctx.child(name), name),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
+            // With autoscaling the HPA owns the count: applying one would fight it.
+            replicas: spec.autoscaling.is_none().then_some(spec.replicas),
             selector: LabelSelector { match_labels: Some(ctx.selector(name)), ..LabelSelector::default() },
             strategy: recreate.then(|| DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
             template: PodTemplateSpec {
@@ -261,7 +266,8 @@ fn default_spread(ctx: &Ctx, component: &str) -> Vec<TopologySpreadConstraint> {
 /// None for a single replica: a budget there would block every drain of its node.
 pub(super) fn disruption_budget(ctx: &Ctx, component: Component) -> Option<PodDisruptionBudget> {
     let spec = component.spec(ctx.spec);
-    if spec.replicas <= 1 {
+    let replicas = spec.autoscaling.as_ref().map_or(spec.replicas, |a| a.max_replicas);
+    if replicas <= 1 {
         return None;
     }
     let name = component.name();
@@ -273,6 +279,38 @@ pub(super) fn disruption_budget(ctx: &Ctx, component: Component) -> Option<PodDi
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    })
+}
+
+/// The service's HorizontalPodAutoscaler (on CPU), with `autoscaling`.
+pub(super) fn autoscaler(ctx: &Ctx, component: Component) -> Option<HorizontalPodAutoscaler> {
+    let scaling = component.spec(ctx.spec).autoscaling.as_ref()?;
+    let name = component.name();
+    Some(HorizontalPodAutoscaler {
+        metadata: ctx.meta(ctx.child(name), name),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: ctx.child(name),
+            },
+            min_replicas: Some(scaling.min_replicas),
+            max_replicas: scaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(scaling.target_cpu_utilization),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
     })
 }
 
