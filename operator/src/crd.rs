@@ -118,6 +118,11 @@ pub struct ChatSystemSpec {
     /// The schema migration Job.
     #[serde(default)]
     pub migration: MigrationSpec,
+    /// Scheduled logical backups of the managed MariaDB (`mariadb-dump` into a claim of their
+    /// own, `<name>-backups`); off when unset, `{}` for the defaults. Nothing with an external
+    /// database: back that up where it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
     /// What deleting the ChatSystem does to its data: `Retain` (default) keeps the servers' and
     /// the files' volume claims and the credentials Secret (the servers' data only accepts
     /// those passwords), and a ChatSystem re-created with the same name adopts them; `Delete`
@@ -471,6 +476,38 @@ impl Retention {
             Self::Delete => "Delete",
         }
     }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When to dump, in cron syntax, in the cluster's time zone [default: 03:00 daily].
+    #[serde(default = "daily")]
+    #[schemars(length(min = 9, max = 100))]
+    pub schedule: String,
+    /// Dumps kept (older ones are deleted after each run) [default: 7].
+    #[serde(default = "seven")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
+    /// Size of the backups claim [default: 20Gi].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"), length(max = 32))]
+    pub size: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Compute resources of the dump's container [default: as the migration Job's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "terse::<Option<ResourceRequirements>>")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn daily() -> String {
+    "0 3 * * *".into()
+}
+
+fn seven() -> u32 {
+    7
 }
 
 /// The schema migration Job run before every new image.

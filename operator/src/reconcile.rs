@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -206,6 +206,9 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
         apply.apply(o).await?;
     }
     for o in &desired.hpas {
+        apply.apply(o).await?;
+    }
+    for o in &desired.cron_jobs {
         apply.apply(o).await?;
     }
     let deleted = delete_orphans(ctx, &ns, cs, &desired, &existing).await?;
@@ -449,6 +452,7 @@ struct Existing {
     network_policies: Vec<NetworkPolicy>,
     pdbs: Vec<PodDisruptionBudget>,
     hpas: Vec<HorizontalPodAutoscaler>,
+    cron_jobs: Vec<CronJob>,
     /// Claims with our labels: the files claim and the servers' data claims (labelled by their
     /// StatefulSet's claim template).
     pvcs: Vec<PersistentVolumeClaim>,
@@ -516,6 +520,7 @@ impl Existing {
             network_policies: list(client, ns, &selector).await?,
             pdbs: list(client, ns, &selector).await?,
             hpas: list(client, ns, &selector).await?,
+            cron_jobs: list(client, ns, &selector).await?,
             // Claims are never deleted here.
             pvcs: list(client, ns, &selector).await?,
             versions: BTreeMap::new(),
@@ -534,6 +539,7 @@ impl Existing {
         versions(&mut v, &mut seen, &existing.network_policies);
         versions(&mut v, &mut seen, &existing.pdbs);
         versions(&mut v, &mut seen, &existing.hpas);
+        versions(&mut v, &mut seen, &existing.cron_jobs);
         Ok(Existing { versions: v, seen, ..existing })
     }
 
@@ -741,6 +747,7 @@ async fn delete_orphans(
     sweep(ctx, ns, &existing.ingresses, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.pdbs, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.hpas, &wanted, &uid, &mut deleted).await?;
+    sweep(ctx, ns, &existing.cron_jobs, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.deployments, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.jobs, &wanted, &uid, &mut deleted).await?;
     sweep(ctx, ns, &existing.stateful_sets, &wanted, &uid, &mut deleted).await?;

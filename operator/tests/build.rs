@@ -786,8 +786,9 @@ fn network_policies_open_each_port_to_its_callers_only() {
     for (svc, port) in [("friend", 10006), ("transmit", 10004), ("message", 10005), ("speech", 10001)] {
         assert_eq!(rules(&d, &format!("demo-{svc}")), [(callers("gateway"), vec![port]), metrics.clone()], "{svc}");
     }
-    // Servers: from the services that use them (and the migration Job for the database).
-    assert_eq!(rules(&d, "demo-mysql"), [(callers("user,friend,file,message,transmit,migrate"), vec![3306])]);
+    // Servers: from the services that use them (and the migration Job and the backup for the
+    // database).
+    assert_eq!(rules(&d, "demo-mysql"), [(callers("user,friend,file,message,transmit,migrate,backup"), vec![3306])]);
     assert_eq!(rules(&d, "demo-redis"), [(callers("gateway,user"), vec![6379])]);
     assert_eq!(rules(&d, "demo-rabbitmq"), [(callers("transmit,message"), vec![5672])]);
     assert_eq!(rules(&d, "demo-elasticsearch"), [(callers("user,friend,message"), vec![9200])]);
@@ -1056,4 +1057,37 @@ fn the_ingress_keeps_websockets_open_and_takes_uploads() {
     assert!((4..=6).contains(&retry_after(1).as_secs()));
     assert!((16..=24).contains(&retry_after(3).as_secs()));
     assert!(retry_after(30).as_secs() <= 360);
+}
+
+#[test]
+fn backups_dump_the_managed_database_on_a_schedule_and_keep_the_newest() {
+    assert!(migrated(&load("minimal")).cron_jobs.is_empty(), "off unless asked for");
+    let cs = with_spec("minimal", serde_json::json!({"backup": {"keep": 3, "size": "5Gi"}}));
+    let d = migrated(&cs);
+    let cron = named(&d.cron_jobs, "demo-backup").spec.as_ref().unwrap();
+    assert_eq!(cron.schedule, "0 3 * * *");
+    assert_eq!(cron.concurrency_policy.as_deref(), Some("Forbid"));
+    let pod = cron.job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("docker.io/library/mariadb:11.4"));
+    let script = c.command.as_ref().unwrap().join(" ");
+    assert!(script.contains("mariadb-dump") && script.contains("--single-transaction"), "{script}");
+    assert!(script.contains("tail -n +$((KEEP + 1))"), "{script}");
+    assert_eq!(env(c, "KEEP").unwrap().value.as_deref(), Some("3"));
+    assert_eq!(env(c, "DB_HOST").unwrap().value.as_deref(), Some("demo-mysql"));
+    assert_eq!(secret_ref(c, "MYSQL_PWD"), ("demo-credentials".into(), "mysql-root-password".into()));
+    assert_eq!(sizes(c), ["50m", "64Mi", "500m", "256Mi"]);
+    let volume = &pod.volumes.as_ref().unwrap()[0];
+    assert_eq!(volume.persistent_volume_claim.as_ref().unwrap().claim_name, "demo-backups");
+    let claim = named(&d.pvcs, "demo-backups");
+    assert!(claim.metadata.owner_references.is_none(), "retained like the data");
+    assert_eq!(claim.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "5Gi");
+    // The backup pods reach MariaDB through its NetworkPolicy.
+    let labels = cron.job_template.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/component"], "backup");
+    assert!(build::infra_clients(Infra::Mysql).contains(&"backup"));
+    // An external database has no managed server to dump.
+    let ext =
+        with_spec("minimal", serde_json::json!({"backup": {}, "mysql": {"external": {"urlSecret": {"name": "db"}}}}));
+    assert!(migrated(&ext).cron_jobs.is_empty());
 }

@@ -823,7 +823,7 @@ async fn network_policies_guard_every_port() {
     let mysql = spec(h.get::<NetworkPolicy>("demo-mysql").await.unwrap());
     assert_eq!(
         mysql["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"],
-        json!(["user", "friend", "file", "message", "transmit", "migrate"])
+        json!(["user", "friend", "file", "message", "transmit", "migrate", "backup"])
     );
 
     // Peers from the spec; then switched off: every policy goes.
@@ -1253,8 +1253,8 @@ async fn a_pass_with_nothing_to_change_writes_nothing() {
         let sent = requests.take();
         let writes: Vec<&(String, String)> = sent.iter().filter(|(m, _)| m != "GET").collect();
         assert!(writes.is_empty(), "a steady pass writes nothing: {writes:#?}");
-        // The reads: 10 child lists, the credentials and the CA by name.
-        assert!(sent.len() <= 12, "{} requests: {sent:#?}", sent.len());
+        // The reads: 12 child lists, the credentials and the CA by name.
+        assert!(sent.len() <= 14, "{} requests: {sent:#?}", sent.len());
     }
     assert_eq!(h.versions().await, before);
 
@@ -1326,4 +1326,25 @@ async fn an_autoscaled_service_keeps_the_replicas_its_autoscaler_sets() {
     h.reconcile().await;
     assert!(h.get::<HorizontalPodAutoscaler>("demo-user").await.is_none());
     assert_eq!(h.get::<Deployment>("demo-user").await.unwrap().spec.unwrap().replicas, Some(3));
+}
+
+#[tokio::test]
+async fn the_backup_cron_job_is_accepted_and_refused_when_malformed() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    let Some(h) = Harness::new("backup", json!({"backup": {"schedule": "30 2 * * *", "keep": 5}})).await else {
+        return;
+    };
+    h.ready().await;
+    let cron = h.get::<CronJob>("demo-backup").await.expect("the API server took the CronJob");
+    assert_eq!(cron.spec.unwrap().schedule, "30 2 * * *");
+    assert!(h.get::<PersistentVolumeClaim>("demo-backups").await.is_some());
+    // The mysql NetworkPolicy admits the backup pods.
+    let policy = h.get::<NetworkPolicy>("demo-mysql").await.unwrap();
+    let text = serde_json::to_string(&policy.spec).unwrap();
+    assert!(text.contains("\"backup\""), "{text}");
+    // Backups off: the CronJob goes, the dumps stay.
+    h.patch_spec(json!({"backup": null})).await;
+    h.reconcile().await;
+    assert!(h.get::<CronJob>("demo-backup").await.is_none());
+    assert!(h.get::<PersistentVolumeClaim>("demo-backups").await.is_some());
 }

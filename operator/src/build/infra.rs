@@ -71,6 +71,11 @@ fn server(infra: Infra) -> Server {
     }
 }
 
+/// The image a managed server runs when the spec names none.
+pub(super) fn default_image(infra: Infra) -> &'static str {
+    server(infra).image
+}
+
 fn value(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
 }

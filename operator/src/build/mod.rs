@@ -2,6 +2,7 @@
 //! read step observed. Pure: no client, no clock, no randomness, so it is tested from YAML
 //! fixtures alone.
 
+pub mod backup;
 mod config;
 mod gateway;
 mod infra;
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -215,6 +216,8 @@ pub struct Desired {
     pub pdbs: Vec<PodDisruptionBudget>,
     /// One per service with `autoscaling`.
     pub hpas: Vec<HorizontalPodAutoscaler>,
+    /// The MariaDB backup, with `backup`.
+    pub cron_jobs: Vec<CronJob>,
     /// Hash of all configuration the pods read; an annotation on every pod template.
     pub config_hash: String,
     /// The image the spec asks for.
@@ -250,6 +253,7 @@ impl Desired {
         each(&mut out, &self.network_policies);
         each(&mut out, &self.pdbs);
         each(&mut out, &self.hpas);
+        each(&mut out, &self.cron_jobs);
         out
     }
 }
@@ -280,6 +284,10 @@ pub fn build(cs: &ChatSystem, observed: &Observed, defaults: &Defaults) -> Desir
     }
 
     desired.pvcs.extend(workloads::files_claim(&ctx));
+    if let Some((claim, cron)) = backup::objects(&ctx) {
+        desired.pvcs.push(claim);
+        desired.cron_jobs.push(cron);
+    }
     let job = workloads::migration_job(&ctx);
     desired.migration_job = job.name_any();
     desired.migration_state = observed.jobs.get(&desired.migration_job).copied();

@@ -34,10 +34,11 @@ pub const CALLS: [(Component, &[Component]); 5] = [
     (Component::Message, &[Component::User, Component::File]),
 ];
 
-/// The pods (by component label) that use a managed server; `migrate` is the schema Job.
+/// The pods (by component label) that use a managed server; `migrate` is the schema Job,
+/// `backup` the scheduled dump (and a restore pod labelled like it).
 pub fn infra_clients(infra: Infra) -> &'static [&'static str] {
     match infra {
-        Infra::Mysql => &["user", "friend", "file", "message", "transmit", "migrate"],
+        Infra::Mysql => &["user", "friend", "file", "message", "transmit", "migrate", "backup"],
         Infra::Redis => &["gateway", "user"],
         Infra::Rabbitmq => &["transmit", "message"],
         Infra::Elasticsearch => &["user", "friend", "message"],
