@@ -361,15 +361,24 @@ if ((!DRY_RUN)); then
   short_scenario
 fi
 
-step "delete the ChatSystem: the garbage collector removes every child"
+step "delete the ChatSystem: the garbage collector removes every child but the retained data"
 run "$KUBECTL" -n "$NS" delete chatsystem "$NAME" --cascade=foreground --timeout=10m
 if ((!DRY_RUN)); then
-  kinds=deployments,statefulsets,jobs,services,configmaps,secrets,persistentvolumeclaims,ingresses,pods
-  children() { k -n "$NS" get "$kinds" -l "app.kubernetes.io/instance=$NAME" -o name 2>/dev/null; }
+  # spec.retention Retain (the default): the volume claims and the credentials Secret stay,
+  # for a ChatSystem re-created with the same name to adopt; everything else goes.
+  kinds=deployments,statefulsets,jobs,cronjobs,services,configmaps,secrets,persistentvolumeclaims,ingresses,pods
+  children() {
+    k -n "$NS" get "$kinds" -l "app.kubernetes.io/instance=$NAME" -o name 2>/dev/null |
+      grep -v -e '^persistentvolumeclaim/' -e "^secret/$NAME-credentials\$"
+  }
   none_left() { ! children | grep -q .; }
   wait_until 300 none_left ||
     fail "children left after deleting the ChatSystem: $(children | tr '\n' ' ')"
-  log "every child is gone"
+  k -n "$NS" get secret "$NAME-credentials" >/dev/null || fail "the credentials Secret was not retained"
+  k -n "$NS" get pvc "$NAME-files" >/dev/null || fail "the files claim was not retained"
+  log "every child is gone but the retained claims and credentials; deleting those (the run is over)"
+  k -n "$NS" delete pvc -l "app.kubernetes.io/instance=$NAME" --wait=false >/dev/null
+  k -n "$NS" delete secret "$NAME-credentials" >/dev/null
 fi
 
 if ((DRY_RUN)); then
