@@ -36,6 +36,7 @@ pub fn service(args: &FileArgs, db: Database, dir: PathBuf) -> FileServiceServer
         max_files: args.max_files_per_request,
         max_response_bytes: args.max_file_response_bytes,
         quota_bytes: args.storage_quota_bytes,
+        owner_locks: Default::default(),
     };
     chatmesh_common::sized!(FileServiceServer::new(files))
 }

@@ -17,6 +17,26 @@ pub struct Files {
     pub max_response_bytes: usize,
     /// Bytes one owner may store in all; 0 for none.
     pub quota_bytes: u64,
+    pub owner_locks: OwnerLocks,
+}
+
+/// Serialises one owner's quota check and store, so concurrent uploads cannot overshoot the
+/// quota between the check and the insert. Per process: a files volume has one file service
+/// unless it is ReadWriteMany (`operator/README.md`). Striped, so memory stays fixed.
+pub struct OwnerLocks([tokio::sync::Mutex<()>; 64]);
+
+impl Default for OwnerLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl OwnerLocks {
+    async fn lock(&self, owner: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(owner) as usize % self.0.len();
+        self.0[stripe].lock().await
+    }
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -140,9 +160,10 @@ impl Files {
         for f in files {
             self.check(f)?;
         }
+        // Held until the files are stored: the check and the insert are one step per owner.
+        let _owner = if self.quota_bytes > 0 { Some(self.owner_locks.lock(owner).await) } else { None };
         if self.quota_bytes > 0 {
             let adding: u64 = files.iter().map(|f| f.file_content.len() as u64).sum();
-            // A check, not a reservation: concurrent uploads may overshoot by one request each.
             if self.store.bytes_of(owner).await?.saturating_add(adding) > self.quota_bytes {
                 return Err(FileError::Quota(self.quota_bytes));
             }
@@ -243,7 +264,15 @@ mod tests {
             .unwrap();
         db.migrate().await.unwrap();
         let store = FileStore::new(db, dir.path().join("files"));
-        (Files { store, max_file_bytes: 1000, max_files: 4, max_response_bytes: 8, quota_bytes: 12 }, dir)
+        let files = Files {
+            store,
+            max_file_bytes: 1000,
+            max_files: 4,
+            max_response_bytes: 8,
+            quota_bytes: 12,
+            owner_locks: OwnerLocks::default(),
+        };
+        (files, dir)
     }
 
     fn data(name: &str) -> FileUploadData {
@@ -275,5 +304,27 @@ mod tests {
         }
         assert!(matches!(files.write("alice", None, &[data("doc")]).await, Err(FileError::Quota(12))));
         files.write("bob", None, &[data("doc")]).await.unwrap();
+    }
+
+    /// Twenty concurrent uploads against a quota of four: exactly four are stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_uploads_cannot_overshoot_the_quota() {
+        let (files, _dir) = files().await;
+        let files = std::sync::Arc::new(files);
+        let uploads: Vec<_> = (0..20)
+            .map(|_| {
+                let files = files.clone();
+                tokio::spawn(async move { files.write("carol", None, &[data("doc")]).await })
+            })
+            .collect();
+        let mut stored = 0;
+        for upload in uploads {
+            match upload.await.unwrap() {
+                Ok(_) => stored += 1,
+                Err(e) => assert!(matches!(e, FileError::Quota(12)), "{e}"),
+            }
+        }
+        assert_eq!(stored, 4);
+        assert_eq!(files.store.bytes_of("carol").await.unwrap(), 12);
     }
 }
