@@ -10,7 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -215,7 +215,16 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
 
     for (verb, kind, child) in changes.iter().chain(&deleted) {
         tracing::info!(chatsystem = %name, namespace = %ns, kind, name = %child, "{verb}");
-        publish(ctx, cs, EventType::Normal, verb, verb, format!("{verb} {kind} {child}")).await;
+        // Reason per kind and the child as the related object: the recorder groups events
+        // with equal reason, action and related object into one series ("Created ... (x28)").
+        let related = ObjectReference {
+            kind: Some(kind.to_string()),
+            name: Some(child.clone()),
+            namespace: Some(ns.clone()),
+            ..ObjectReference::default()
+        };
+        let reason = format!("{verb}{kind}");
+        publish_about(ctx, cs, EventType::Normal, &reason, verb, format!("{verb} {kind} {child}"), Some(related)).await;
     }
 
     // Status.
@@ -777,13 +786,25 @@ async fn write_status(cs: &ChatSystem, ctx: &Context, new: ChatSystemStatus) -> 
 }
 
 async fn publish(ctx: &Context, cs: &ChatSystem, type_: EventType, reason: &str, action: &str, note: String) {
+    publish_about(ctx, cs, type_, reason, action, note, None).await;
+}
+
+async fn publish_about(
+    ctx: &Context,
+    cs: &ChatSystem,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         // The API server refuses notes over 1 kB.
         note: Some(note.chars().take(1000).collect()),
         action: action.into(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(err) = ctx.recorder.publish(&event, &cs.object_ref(&())).await {
         tracing::warn!(error = %err, "could not publish an event");

@@ -192,6 +192,11 @@ fn defaults_make_a_whole_system() {
     let jc = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     assert_eq!(jc.image.as_deref(), Some("ghcr.io/chatmesh/chatmesh:0.9.0"));
     assert_eq!(env(jc, "CHATMESH_TARGET").unwrap().value.as_deref(), Some("migrate"));
+    // ... after waiting for the managed database's Service to accept connections.
+    let init = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.name, "wait-for-database");
+    assert_eq!(init.image, jc.image);
+    assert_eq!(init.args.as_ref().unwrap()[..2], ["demo-mysql".to_string(), "3306".to_string()]);
 
     // Every object: labelled for orphan cleanup and controlled by the ChatSystem, except the
     // data that outlives it (retention Retain: the credentials and the files claim).
@@ -267,6 +272,9 @@ fn every_managed_external_combination() {
             }
         }
         assert_eq!(d.stateful_sets.len(), 4 - mask.count_ones() as usize, "mask {mask:04b}");
+        // The migration waits for a managed database only: an external one is not ours to wait for.
+        let init = d.jobs[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.clone();
+        assert_eq!(init.is_some(), !is_external(Infra::Mysql), "mask {mask:04b}");
         let creds = build::credential_keys(&cs.spec);
         assert_eq!(creds.contains(&"mysql-password"), !is_external(Infra::Mysql));
         assert_eq!(creds.contains(&"redis-password"), !is_external(Infra::Redis));

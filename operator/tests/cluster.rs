@@ -320,9 +320,13 @@ async fn creates_the_system_and_reports_its_status() {
 
     // The passes so far told what they did in Events.
     let events = h.events().await;
-    for reason in ["Created", "AllComponentsReady"] {
+    for reason in ["CreatedSecret", "CreatedDeployment", "CreatedJob", "AllComponentsReady"] {
         assert!(events.iter().any(|(r, _)| r == reason), "no {reason} event among {events:?}");
     }
+    // One event per child, not one series for all: the seven Deployments are seven events.
+    let created: Vec<_> = events.iter().filter(|(r, _)| r == "CreatedDeployment").collect();
+    assert_eq!(created.len(), 7, "{events:?}");
+    assert!(created.iter().all(|(_, count)| *count == 1), "{events:?}");
 
     // Steady state: another pass writes nothing at all, not even an Event.
     let before = h.versions().await;

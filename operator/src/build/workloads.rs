@@ -21,7 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{self, FILES_DIR, TMP_DIR};
-use super::{ADMIN_PORT, CONFIG_HASH_ANNOTATION, Component, Ctx, GATEWAY_HTTP_PORT, GATEWAY_WS_PORT, short_hash};
+use super::{
+    ADMIN_PORT, CONFIG_HASH_ANNOTATION, Component, Ctx, GATEWAY_HTTP_PORT, GATEWAY_WS_PORT, Infra, short_hash,
+};
 use crate::crd::AccessMode;
 
 /// An unprivileged user id with no meaning in the image (the binary needs no home or files).
@@ -314,6 +316,33 @@ pub(super) fn autoscaler(ctx: &Ctx, component: Component) -> Option<HorizontalPo
     })
 }
 
+/// How long the migration Job's first step waits for a managed database before its pod fails
+/// (the Job then retries with backoff).
+const DATABASE_WAIT_SECONDS: u32 = 600;
+
+/// With a managed MariaDB, the migration Job first waits until its Service accepts connections
+/// (on a first install it is still starting), logging each wait, instead of failing pods.
+/// Bash's /dev/tcp: the chatmesh image carries bash and coreutils, no network tools.
+fn wait_for_database(ctx: &Ctx) -> Option<Container> {
+    Infra::Mysql.managed(ctx.spec)?;
+    let script = r#"host=$1 port=$2 deadline=$((SECONDS + $3))
+until timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null; do
+  if ((SECONDS >= deadline)); then echo "the database $host:$port did not accept connections within $3 s"; exit 1; fi
+  echo "waiting for the database $host:$port to accept connections"
+  sleep 2
+done
+echo "the database $host:$port accepts connections""#;
+    Some(Container {
+        name: "wait-for-database".into(),
+        image: Some(ctx.image.clone()),
+        image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
+        command: Some(vec!["bash".into(), "-c".into(), script.into(), "wait-for-database".into()]),
+        args: Some(vec![ctx.child(Infra::Mysql.name()), "3306".into(), DATABASE_WAIT_SECONDS.to_string()]),
+        security_context: Some(restricted_container()),
+        ..Container::default()
+    })
+}
+
 /// `chatmesh --target migrate` for the desired image. A Job's pod template is immutable, so
 /// its name carries a hash of the template: a new image (or database) makes a new Job.
 pub(super) fn migration_job(ctx: &Ctx) -> Job {
@@ -331,6 +360,7 @@ pub(super) fn migration_job(ctx: &Ctx) -> Job {
         ..Container::default()
     };
     let pod = PodSpec {
+        init_containers: wait_for_database(ctx).map(|c| vec![c]),
         containers: vec![container],
         volumes: Some(vec![tmp]),
         restart_policy: Some("Never".into()),
