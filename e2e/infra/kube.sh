@@ -9,10 +9,20 @@
 #
 # Nothing garbage-collects, schedules or reports workload status here: tests
 # that need a Deployment's or Job's status write it themselves.
+#
+# `kube.sh --build-only etcd|kube-apiserver|all`: only build (and cache) the binaries, start
+# nothing and print nothing on stdout (e2e/kind/airgap/build.sh takes etcd from here).
 set -euo pipefail
 INFRA_NAME=kube
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+BUILD_ONLY=""
+if [[ "${1:-}" == --build-only ]]; then
+  BUILD_ONLY="${2:-all}"
+  [[ "$BUILD_ONLY" =~ ^(etcd|kube-apiserver|all)$ ]] || die "--build-only etcd|kube-apiserver|all, not $BUILD_ONLY"
+elif (($#)); then
+  die "unknown argument $1 (--build-only etcd|kube-apiserver|all)"
+fi
 
 # Kubernetes 1.34 matches the operator's k8s-openapi feature (v1_34). Its
 # staging modules (k8s.io/api, ...) are published as v0.34.x.
@@ -84,23 +94,28 @@ EOF
   mv "$ETCD.tmp" "$ETCD"
 }
 
-if [[ ! -x "$APISERVER" || ! -x "$ETCD" ]]; then
+want_etcd=1 want_apiserver=1
+[[ "$BUILD_ONLY" == etcd ]] && want_apiserver=0
+[[ "$BUILD_ONLY" == kube-apiserver ]] && want_etcd=0
+if { ((want_apiserver)) && [[ ! -x "$APISERVER" ]]; } || { ((want_etcd)) && [[ ! -x "$ETCD" ]]; }; then
   command -v go >/dev/null || die "go is required to build kube-apiserver and etcd"
   (
     # One builder at a time; a second caller waits and then finds the binaries.
     flock -w 3600 9 || die "timed out waiting for another build of the control plane"
     started=$SECONDS
-    if [[ ! -x "$ETCD" ]]; then
+    if ((want_etcd)) && [[ ! -x "$ETCD" ]]; then
       log "building etcd $ETCD_VERSION from the Go module proxy (log: $DIR/build-etcd.log)"
       build_etcd >"$DIR/build-etcd.log" 2>&1 || die "building etcd failed" "$DIR/build-etcd.log"
     fi
-    if [[ ! -x "$APISERVER" ]]; then
+    if ((want_apiserver)) && [[ ! -x "$APISERVER" ]]; then
       log "building kube-apiserver $K8S_VERSION from the Go module proxy (log: $DIR/build-apiserver.log)"
       build_apiserver >"$DIR/build-apiserver.log" 2>&1 || die "building kube-apiserver failed" "$DIR/build-apiserver.log"
     fi
     log "control plane built in $((SECONDS - started)) s (cached in $BIN)"
   ) 9>"$BIN/.build.lock"
 fi
+
+[[ -z "$BUILD_ONLY" ]] || exit 0
 
 # Credentials: a CA, the API server's serving certificate for 127.0.0.1 (a
 # separate leaf: rustls refuses a CA certificate as a server's), the service

@@ -12,9 +12,13 @@
 #   e2e/kind/run.sh --keep      # leave the cluster (and the ChatSystem) running afterwards
 #   e2e/kind/run.sh --dry-run   # print the steps and check the prerequisites; change nothing
 #
-# Needs Docker (with BuildKit), Go (kind and Helm are built from the Go module proxy, cached),
-# cargo, curl; kubectl is used from PATH or built. Settings (environment):
+# Needs Docker (with BuildKit), Go (kind, Helm and kubectl are built from the Go module proxy,
+# cached; kubectl at the cluster's Kubernetes version), cargo, curl; espeak-ng (the speech
+# scenario's audio) is installed with apt when missing. Each step is timed; the times are printed
+# at the end (also in ~/.cache/chatmesh/kind/<cluster>/times.txt). Settings (environment):
 #   CHATMESH_KIND_CLUSTER        cluster name [chatmesh-e2e]
+#   CHATMESH_KIND_DOCKER         the docker client [docker from PATH]; e2e/kind/airgap/build.sh
+#                                sets Debian's /usr/bin/docker (kind then runs it too)
 #   CHATMESH_KIND_NODE_IMAGE     kind node image [kind's default for its version]
 #   CHATMESH_KIND_IMAGE          chatmesh image repository [chatmesh.local/chatmesh]
 #   CHATMESH_KIND_OPERATOR_IMAGE operator image repository [chatmesh.local/chatmesh-operator]
@@ -38,6 +42,7 @@ source "$ROOT/e2e/infra/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=tools.sh
 source "$ROOT/e2e/kind/tools.sh"
 cd "$ROOT"
+RUN_STARTED=$SECONDS
 
 DRY_RUN=0
 KEEP=0
@@ -68,11 +73,34 @@ WS_PORT=9001
 WORK="$TOOLS_CACHE/kind/$CLUSTER"
 export KUBECONFIG="$WORK/kubeconfig"
 mkdir -p "$WORK"
+# The docker client, this script's and kind's: a directory holding only it goes first on PATH.
+if [[ -n "${CHATMESH_KIND_DOCKER:-}" ]]; then
+  [[ -x "$CHATMESH_KIND_DOCKER" ]] || die "CHATMESH_KIND_DOCKER=$CHATMESH_KIND_DOCKER is not an executable"
+  mkdir -p "$WORK/docker-bin" && ln -sfn "$CHATMESH_KIND_DOCKER" "$WORK/docker-bin/docker"
+  export PATH="$WORK/docker-bin:$PATH"
+fi
 
+# Every step is timed: phase NAME starts the next one (ending the one before).
 step_no=0
+TIMES=()
+phase_name=""
+phase_started=$SECONDS
+phase() {
+  [[ -z "$phase_name" ]] || TIMES+=("$(printf '%5d s  %s' $((SECONDS - phase_started)) "$phase_name")")
+  phase_name="$*"
+  phase_started=$SECONDS
+}
 step() {
   step_no=$((step_no + 1))
+  phase "step $step_no: ${*:0:70}"
   log "---- step $step_no: $*"
+}
+print_times() { # the time of each step, on stderr and in $WORK/times.txt
+  phase ""
+  TIMES+=("$(printf '%5d s  %s' $((SECONDS - RUN_STARTED)) "total ($1)")")
+  printf '%s\n' "${TIMES[@]}" >"$WORK/times.txt"
+  log "step times:"
+  printf '  %s\n' "${TIMES[@]}" >&2
 }
 # run CMD...: run it, or with --dry-run print it.
 run() {
@@ -120,15 +148,33 @@ fi
 
 # ---- tools -------------------------------------------------------------------------------------
 if ((DRY_RUN)); then
-  # Print-only: use what is there, build nothing but kubectl (needed to render the ChatSystem).
+  # Print-only: use what is there; any kubectl renders the ChatSystem locally.
   KIND="$TOOLS_BIN/kind-$KIND_VERSION"
   HELM="$TOOLS_BIN/helm-$HELM_VERSION"
+  need_kubectl --any
 else
+  phase "tools: kind, helm, kubectl $KUBECTL_VERSION (built once, cached), espeak-ng"
   need_kind
   need_helm
+  need_kubectl
+  command -v espeak-ng >/dev/null || apt_install espeak-ng
+  command -v jq >/dev/null || apt_install jq
+  # The end-to-end tests compile while the cluster starts (2 cores: the wait is mostly idle).
+  log "compiling the end-to-end tests in the background (log: $WORK/cargo-build.log)"
+  nice -n 10 cargo test -p chatmesh-e2e --locked --tests --no-run >"$WORK/cargo-build.log" 2>&1 &
+  CARGO_BUILD_PID=$!
 fi
-need_kubectl
 k() { "$KUBECTL" "$@"; }
+# kubectl_matches: kubectl's minor version is the cluster's (kubectl supports one minor either way;
+# the same minor is what this suite is run with).
+kubectl_matches() {
+  local v client server
+  v="$(k version -o json 2>/dev/null)" || fail "kubectl version: the cluster does not answer"
+  client="$(jq -r '.clientVersion.major + "." + .clientVersion.minor' <<<"$v")"
+  server="$(jq -r '.serverVersion.major + "." + .serverVersion.minor' <<<"$v")"
+  [[ "$client" == "$server" ]] || fail "kubectl $KUBECTL ($client) does not match the cluster's Kubernetes $server"
+  log "kubectl $client matches the cluster's Kubernetes $server"
+}
 
 # The host's address on kind's Docker network: the pods reach the fake SMS endpoint there.
 sms_host() {
@@ -174,8 +220,12 @@ fi
 # ---- helpers for the real run ------------------------------------------------------------------
 PF_PIDS=()
 cleanup() {
-  local pid
+  local rc=$? pid
   for pid in "${PF_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -z "${CARGO_BUILD_PID:-}" ]] || kill "$CARGO_BUILD_PID" 2>/dev/null || true
+  if ((!DRY_RUN)); then
+    if ((rc == 0)); then print_times passed; else print_times "FAILED in: ${phase_name:-setup}"; fi
+  fi
   if ((!DRY_RUN && !KEEP)) && [[ -x "${KIND:-}" ]] && cluster_exists; then
     log "deleting the cluster $CLUSTER (--keep leaves it)"
     "$KIND" delete cluster --name "$CLUSTER" >&2 || true
@@ -211,11 +261,21 @@ gateway_answers() { # gateway_answers BASE_URL: a login reaches the user service
   curl -sf -m 5 "$1/service/user/username_login" -H 'content-type: application/json' \
     -d '{"request_id":"kind","nickname":"nobody-kind","password":"nothing_1"}' | grep -q '"success":false'
 }
-# suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway.
+# suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway. A test
+# that skips against the external gateway (support/mod.rs: it needs processes or flags of its
+# own) is a scenario that did not run in the cluster: that fails the run, with its reason.
 suite() {
+  local out="$WORK/suite-$step_no.log" skipped passed
   CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
     CHATMESH_E2E_SMS_LISTEN="$SMS_HOST:$SMS_PORT" \
-    cargo test -p chatmesh-e2e --locked --tests -- "$@" >&2 || fail "end-to-end tests failed: $*"
+    cargo test -p chatmesh-e2e --locked --tests -- --show-output "$@" 2>&1 | tee "$out" >&2 ||
+    fail "end-to-end tests failed: $* (output: $out)"
+  passed="$(awk '/^test result:/ {n += $4} END {print n + 0}' "$out")"
+  skipped="$(awk '/^---- .* stdout ----$/ {t = $2} /skipped against the external gateway/ {print "  " t ": " $0}' "$out")"
+  [[ -z "$skipped" ]] || fail "tests skipped instead of running in the cluster:
+$skipped"
+  ((passed > 0)) || fail "no test matched $*"
+  log "$passed tests passed in the cluster ($*)"
 }
 # The short scenario after each change: accounts, friends, every message type.
 short_scenario() {
@@ -239,6 +299,7 @@ else
   run "$KIND" create cluster --name "$CLUSTER" --config kind-config.yaml --kubeconfig "$KUBECONFIG" \
     "${node_image[@]}" --wait 180s
 fi
+((DRY_RUN)) || kubectl_matches
 
 step "build the images from source and load them into the cluster"
 read -r -a build_args <<<"${CHATMESH_KIND_BUILD_ARGS:-}"
@@ -291,6 +352,10 @@ step "the end-to-end suite against the cluster (every real:: scenario)"
 if ((DRY_RUN)); then
   printf '  $ %s\n' "CHATMESH_E2E_GATEWAY_HTTP=http://127.0.0.1:$HTTP_PORT CHATMESH_E2E_GATEWAY_WS=ws://127.0.0.1:$WS_PORT CHATMESH_E2E_SMS_LISTEN=<kind network gateway>:$SMS_PORT cargo test -p chatmesh-e2e --locked --tests -- real::"
 else
+  phase "compile the end-to-end tests (started in the background before step 1)"
+  wait "$CARGO_BUILD_PID" || { CARGO_BUILD_PID=""; die "compiling the end-to-end tests failed" "$WORK/cargo-build.log"; }
+  CARGO_BUILD_PID=""
+  phase "step $step_no: the end-to-end suite (every real:: scenario)"
   suite real::
   curl -sf "http://127.0.0.1:$HTTP_PORT/service/user/username_register" -H 'content-type: application/json' \
     -d "{\"request_id\":\"kind\",\"nickname\":\"$KEEPER\",\"password\":\"keeper_pass1\"}" | grep -q '"success":true' ||

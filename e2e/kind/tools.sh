@@ -8,8 +8,8 @@
 HELM_VERSION="${CHATMESH_HELM_VERSION:-v4.3.1}"
 KUBECONFORM_VERSION="${CHATMESH_KUBECONFORM_VERSION:-v0.8.0}"
 KIND_VERSION="${CHATMESH_KIND_VERSION:-v0.33.0}"
-# kubectl is built only where none is installed; its version matches e2e/infra/kube.sh's API server.
-KUBECTL_VERSION="${CHATMESH_KUBECTL_VERSION:-v1.34.4}"
+# kubectl matches the kind cluster's Kubernetes (e2e/kind/airgap/build.sh) and e2e/infra/kube.sh's API server.
+KUBECTL_VERSION="${CHATMESH_KUBECTL_VERSION:-${CHATMESH_AIRGAP_K8S_VERSION:-v1.34.4}}"
 
 TOOLS_CACHE="${CHATMESH_CACHE:-$HOME/.cache/chatmesh}"
 TOOLS_BIN="$TOOLS_CACHE/bin"
@@ -55,42 +55,57 @@ need_kind() {
   KIND="$TOOL"
 }
 
-# need_kubectl: the kubectl on PATH, else one built from k8s.io/kubectl (a two-line main, as
-# kubectl's own, in a throw-away module).
+# kube_go_build DIR VERSION CMD...: Kubernetes commands (kubectl, kubelet, ...) built from
+# k8s.io/kubernetes@VERSION out of the Go module proxy into DIR/out, as e2e/infra/kube.sh builds
+# kube-apiserver: a wrapper module in DIR requiring k8s.io/kubernetes, its staging modules
+# (replaced with ./staging/... in its own go.mod) pointed at their published v0.X.Y. The
+# version is stamped as the release build stamps it (kubeadm picks image tags from it; kubectl
+# and the servers report it). Shares the Go caches with e2e/infra/kube.sh.
+kube_go_build() {
+  local src=$1 version=$2 gomod staging pkg=k8s.io/component-base/version major minor cmd pkgs=()
+  shift 2
+  mkdir -p "$src/out"
+  gomod="$(cd "$src" && go mod download -json "k8s.io/kubernetes@$version" |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$version's go.mod"
+  staging="v0.${version#v1.}"
+  {
+    printf 'module chatmesh.test/kubernetes\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$version"
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 '"$staging"'#p' "$gomod"
+    echo ")"
+  } >"$src/go.mod"
+  major="${version#v}" && major="${major%%.*}"
+  minor="${version#v*.}" && minor="${minor%%.*}"
+  for cmd in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local nice -n 10 go build -mod=mod -trimpath \
+    -ldflags "-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" \
+    -o out/ "${pkgs[@]}")
+}
+
+# need_kubectl [--any]: kubectl $KUBECTL_VERSION, the version of the kind cluster's Kubernetes
+# (e2e/kind/airgap/build.sh), built from k8s.io/kubernetes like the other Kubernetes binaries
+# (the air-gapped build's own kubectl when it is there), cached in $TOOLS_BIN. A kubectl on
+# PATH is not used: it may be outside the version skew kubectl supports (one minor version).
+# --any: a kubectl on PATH will do (rendering manifests locally, as `run.sh --dry-run` does).
 need_kubectl() {
-  if KUBECTL="$(command -v kubectl)"; then return 0; fi
+  if [[ "${1:-}" == --any ]] && KUBECTL="$(command -v kubectl)"; then return 0; fi
   KUBECTL="$TOOLS_BIN/kubectl-$KUBECTL_VERSION"
   [[ -x "$KUBECTL" ]] && return 0
-  command -v go >/dev/null || die "kubectl is not installed, and go is required to build it"
+  command -v go >/dev/null || die "go is required to build kubectl $KUBECTL_VERSION"
   mkdir -p "$TOOLS_BIN"
   (
     flock -w 1800 9 || die "timed out waiting for another build of kubectl"
     [[ -x "$KUBECTL" ]] && exit 0
-    local src="$TOOLS_CACHE/build/kubectl-$KUBECTL_VERSION" log="$TOOLS_BIN/.build-kubectl.log"
-    # The version kubectl reports (default v0.0.0-master), as e2e/infra/kube.sh sets it.
-    local pkg=k8s.io/component-base/version major minor
-    major="${KUBECTL_VERSION#v}" && major="${major%%.*}"
-    minor="${KUBECTL_VERSION#v*.}" && minor="${minor%%.*}"
-    mkdir -p "$src"
-    cat >"$src/main.go" <<'EOF'
-package main
-
-import (
-	"os"
-
-	"k8s.io/component-base/cli"
-	"k8s.io/kubectl/pkg/cmd"
-)
-
-func main() { os.Exit(cli.Run(cmd.NewDefaultKubectlCommand())) }
-EOF
-    printf 'module chatmesh.test/kubectl\n\ngo 1.24.0\n\nrequire (\n\tk8s.io/kubectl v0.%s\n\tk8s.io/component-base v0.%s\n)\n' \
-      "${KUBECTL_VERSION#v1.}" "${KUBECTL_VERSION#v1.}" >"$src/go.mod"
-    log "building kubectl $KUBECTL_VERSION from the Go module proxy (log: $log)"
-    (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local go mod tidy &&
-      CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local go build -trimpath -o "$KUBECTL.tmp" \
-        -ldflags "-s -w -X $pkg.gitVersion=$KUBECTL_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor" .) \
-      >"$log" 2>&1 || die "building kubectl failed" "$log"
+    local airgap="$TOOLS_CACHE/airgap/build/kubernetes-$KUBECTL_VERSION/out/kubectl"
+    if [[ -x "$airgap" ]]; then
+      cp "$airgap" "$KUBECTL.tmp"
+    else
+      local src="$TOOLS_CACHE/build/kubectl-$KUBECTL_VERSION" log="$TOOLS_BIN/.build-kubectl.log" started=$SECONDS
+      log "building kubectl $KUBECTL_VERSION from k8s.io/kubernetes (log: $log)"
+      kube_go_build "$src" "$KUBECTL_VERSION" kubectl >"$log" 2>&1 || die "building kubectl failed" "$log"
+      mv "$src/out/kubectl" "$KUBECTL.tmp"
+      log "kubectl $KUBECTL_VERSION built in $((SECONDS - started)) s"
+    fi
     mv "$KUBECTL.tmp" "$KUBECTL"
   ) 9>"$TOOLS_BIN/.build-kubectl.lock" || exit 1
 }

@@ -52,12 +52,23 @@ LPP_VERSION=v0.0.30
 LPP_IMAGE="chatmesh-airgap.local/local-path-provisioner:$LPP_VERSION"
 LPP_HELPER_IMAGE="chatmesh-airgap.local/local-path-helper:$SUITE"
 
-# The Docker 20.10 client of Debian's docker.io builds with BuildKit without buildx (a newer
-# client on PATH may insist on buildx).
-DOCKER=docker
-[[ -x /usr/bin/docker ]] && DOCKER=/usr/bin/docker
+# Always the client of Debian's docker.io, which the dockerd step installs (chosen by path, not
+# looked up when the script loads: on a fresh machine it is not there yet, and another client on
+# PATH, e.g. Docker 28's, insists on buildx under DOCKER_BUILDKIT=1; Docker 20.10's builds with
+# BuildKit without it). kind runs `docker` from PATH: a directory holding only this client goes
+# first on PATH.
+DOCKER=/usr/bin/docker
+DOCKER_SHIM="$CACHE/docker-bin"
+mkdir -p "$DOCKER_SHIM" && ln -sfn "$DOCKER" "$DOCKER_SHIM/docker"
+export PATH="$DOCKER_SHIM:$PATH"
 export DOCKER_BUILDKIT=1
 NICE=(nice -n 10)
+# need_docker: the steps after dockerd need its daemon and client.
+need_docker() {
+  if [[ ! -x "$DOCKER" ]] || ! "$DOCKER" info >/dev/null 2>&1; then
+    die "Docker is not set up: run \`build.sh dockerd\` first (build.sh without steps does)"
+  fi
+}
 
 # ---- caching -----------------------------------------------------------------------------------
 # hash_of ARG...: a hash over strings and, for ARGs that are files or directories, their content.
@@ -163,29 +174,9 @@ step_rust() {
 }
 
 # ---- kube: Kubernetes binaries from the Go module proxy ----------------------------------------
-# As e2e/infra/kube.sh: a wrapper module requiring k8s.io/kubernetes, its staging modules
-# replaced with their published v0.X.Y (reusing its Go caches).
+# tools.sh's kube_go_build (the wrapper module of e2e/infra/kube.sh, reusing its Go caches).
 KUBE_CMDS=(kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
-build_kube() {
-  local src="$CACHE/build/kubernetes-$K8S_VERSION" gomod staging pkg=k8s.io/component-base/version major minor cmd
-  mkdir -p "$src/out"
-  gomod="$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
-  [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION's go.mod"
-  staging="v0.${K8S_VERSION#v1.}"
-  {
-    printf 'module chatmesh.test/kubernetes\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
-    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\t\1 => \1 '"$staging"'#p' "$gomod"
-    echo ")"
-  } >"$src/go.mod"
-  major="${K8S_VERSION#v}" && major="${major%%.*}"
-  minor="${K8S_VERSION#v*.}" && minor="${minor%%.*}"
-  local pkgs=()
-  for cmd in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
-  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local "${NICE[@]}" go build -mod=mod -trimpath \
-    -ldflags "-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" \
-    -o out/ "${pkgs[@]}")
-}
+build_kube() { kube_go_build "$CACHE/build/kubernetes-$K8S_VERSION" "$K8S_VERSION" "${KUBE_CMDS[@]}"; }
 step_kube() {
   local h cmd ok=1
   h="$(hash_of kube "$K8S_VERSION" "${KUBE_CMDS[@]}")"
@@ -216,8 +207,12 @@ import_binary() {
 }
 build_k8simages() {
   local etcd="$TOOLS_CACHE/bin/etcd-$ETCD_BUILD_VERSION" coredns_version coredns_bin img
-  [[ -x "$etcd" ]] || { "$ROOT/e2e/infra/kube.sh" >/dev/null || die "e2e/infra/kube.sh (builds etcd) failed"; }
-  # pause: static C
+  # etcd: e2e/infra/kube.sh's build, without starting its test servers.
+  [[ -x "$etcd" ]] || "$ROOT/e2e/infra/kube.sh" --build-only etcd || die "e2e/infra/kube.sh --build-only etcd failed"
+  # pause: static C (gcc, libc6-dev's libc.a, binutils' strip).
+  if ! command -v gcc >/dev/null || ! command -v strip >/dev/null || [[ "$(gcc -print-file-name=libc.a 2>/dev/null)" != /* ]]; then
+    apt_install gcc libc6-dev binutils
+  fi
   mkdir -p "$CACHE/build/pause"
   gcc -static -O2 -o "$CACHE/build/pause/pause" "$HERE/images/pause.c"
   strip "$CACHE/build/pause/pause"
@@ -404,8 +399,8 @@ smoke() {
   need_kind
   "$KIND" delete cluster --name "$name" >/dev/null 2>&1 || true
   "$KIND" create cluster --name "$name" --image "$NODE_IMAGE" --kubeconfig "$kubeconfig" --wait 300s --retain ||
-    { docker exec "$name-control-plane" journalctl --no-pager -n 80 || true; return 1; }
-  need_kubectl
+    { "$DOCKER" exec "$name-control-plane" journalctl --no-pager -n 80 || true; return 1; }
+  need_kubectl ""
   "$KUBECTL" --kubeconfig "$kubeconfig" get nodes -o wide
   # (The provisioner may restart once: it can start before kube-proxy has the Service rules.)
   "$KUBECTL" --kubeconfig "$kubeconfig" -n kube-system rollout status deploy/coredns --timeout=180s
@@ -417,14 +412,27 @@ smoke() {
 step_smoke() { timed smoke smoke; }
 
 ALL_STEPS=(dockerd base rust kube k8simages node infra apps)
+# On failure the last line on stdout is `false`, so `eval "$(build.sh)" && run.sh` stops here
+# (the eval of an empty output would succeed) and run.sh does not start on missing images.
+trap 'rc=$?; ((rc == 0)) || echo "false # e2e/kind/airgap/build.sh failed (exit $rc): see its messages above"' EXIT
 main() {
-  local steps=("$@") s started=$SECONDS
+  local steps=("$@") s started=$SECONDS t times=()
   ((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
   for s in "${steps[@]}"; do
     declare -F "step_$s" >/dev/null || die "unknown step $s (steps: ${ALL_STEPS[*]} smoke)"
-    "step_$s"
   done
-  log "done in $((SECONDS - started)) s"
+  for s in "${steps[@]}"; do
+    [[ "$s" == dockerd ]] || need_docker
+    t=$SECONDS
+    "step_$s"
+    times+=("$(printf '%-10s %5d s' "$s" $((SECONDS - t)))")
+  done
+  times+=("$(printf '%-10s %5d s' total $((SECONDS - started)))")
+  # Each step's time (0-1 s: up to date), also in $LOGS/times.txt for e2e/kind/test.sh.
+  printf '%s\n' "${times[@]}" >"$LOGS/times.txt"
+  log "step times:"
+  printf '  %s\n' "${times[@]}" >&2
+  echo "export CHATMESH_KIND_DOCKER=$DOCKER"
   echo "export CHATMESH_KIND_NODE_IMAGE=$NODE_IMAGE"
   echo "export CHATMESH_KIND_MYSQL_IMAGE=$(infra_image mariadb)"
   echo "export CHATMESH_KIND_REDIS_IMAGE=$(infra_image redis)"

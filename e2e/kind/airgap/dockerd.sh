@@ -15,7 +15,10 @@ WRAPPER=/usr/local/libexec/chatmesh/runc-wrapper
 RUNTIME=chatmesh-runc
 mkdir -p "$CACHE"
 
-command -v dockerd >/dev/null || apt_install docker.io containerd runc iptables jq
+# Debian's client and daemon, by path: another docker client on PATH (e.g. Docker 28's, which
+# needs buildx for BuildKit builds) does not count.
+DOCKER=/usr/bin/docker
+[[ -x /usr/bin/dockerd && -x "$DOCKER" ]] || apt_install docker.io containerd runc iptables jq
 command -v jq >/dev/null || apt_install jq
 install -D -m 0755 "$HERE/runc-wrapper" "$WRAPPER"
 
@@ -29,7 +32,7 @@ if [[ ! -f /etc/docker/daemon.json ]] || [[ "$(jq -S . /etc/docker/daemon.json)"
   changed=1
 fi
 
-running() { docker info >/dev/null 2>&1; }
+running() { "$DOCKER" info >/dev/null 2>&1; }
 if running && ((changed)); then
   log "daemon.json changed: restarting dockerd"
   pid="$(cat /var/run/docker.pid)"
@@ -39,14 +42,14 @@ fi
 if ! running; then
   log "starting dockerd (log: $CACHE/dockerd.log)"
   start_bg "$CACHE/dockerd.log" dockerd
-  wait_up 60 docker info || die "dockerd did not start" "$CACHE/dockerd.log"
+  wait_up 60 "$DOCKER" info || die "dockerd did not start" "$CACHE/dockerd.log"
 fi
-[[ "$(docker info -f '{{.DefaultRuntime}}')" == "$RUNTIME" ]] || die "dockerd's default runtime is not $RUNTIME"
+[[ "$("$DOCKER" info -f '{{.DefaultRuntime}}')" == "$RUNTIME" ]] || die "dockerd's default runtime is not $RUNTIME"
 log "dockerd is up (default runtime $RUNTIME -> $WRAPPER)"
 
 if [[ "${1:-}" == --check ]]; then
   image="${2:?--check IMAGE}"
-  out="$(docker run --rm --privileged "$image" sh -c 'grep CapEff /proc/self/status')" ||
+  out="$("$DOCKER" run --rm --privileged "$image" sh -c 'grep CapEff /proc/self/status')" ||
     die "a privileged container from $image does not start"
   log "privileged container from $image ran: $out"
 fi
