@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube speech browser)"
+eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube speech browser lint)"
 export CHATMESH_REQUIRE_REAL_BACKENDS=1
 
 # Each test makes its own database and indices (chatmesh_t_*); drop those of earlier runs.
@@ -16,7 +16,15 @@ ctl=/usr/lib/rabbitmq/bin/rabbitmqctl
 ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev/null | grep -E '^chatmesh[-_]t' |
   while read -r q; do ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q delete_queue "$q" >/dev/null; done || true
 
+# The linters first: they fail in seconds where the tests take minutes.
+# Every shell script under e2e/ and .ci/ (by name or by its #! line).
+mapfile -t scripts < <({
+  find e2e .ci -type f -name '*.sh'
+  grep -rlIE '^#!(/usr/bin/env |/bin/)(ba)?sh' e2e .ci
+} | sort -u)
+"$CHATMESH_SHELLCHECK" -x "${scripts[@]}"
 cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The chaos tests (e2e/tests/chaos.rs) run the real binary, and SIGKILL dedicated instances of
 # the servers that they start themselves through e2e/infra/chaos.sh (never the shared ones).
 cargo build -p chatmesh --locked

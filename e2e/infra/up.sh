@@ -8,12 +8,12 @@ INFRA_NAME=up
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-(($# > 0)) || die "usage: up.sh {mariadb|redis|rabbitmq|elasticsearch|kube}..."
+(($# > 0)) || die "usage: up.sh {mariadb|redis|rabbitmq|elasticsearch|kube|speech|browser|lint}..."
 # Drop duplicates, keeping order: two runs of one script would race.
 mapfile -t names < <(printf '%s\n' "$@" | awk '!seen[$0]++')
 for name in "${names[@]}"; do
   [[ -f "$HERE/$name.sh" && "$name" != lib && "$name" != up ]] ||
-    die "unknown server '$name' (known: mariadb redis rabbitmq elasticsearch kube speech browser)"
+    die "unknown server '$name' (known: mariadb redis rabbitmq elasticsearch kube speech browser lint)"
 done
 
 OUT="$(mktemp -d)"

@@ -151,7 +151,7 @@ if ((DRY_RUN)); then
   # Print-only: use what is there; any kubectl renders the ChatSystem locally.
   KIND="$TOOLS_BIN/kind-$KIND_VERSION"
   HELM="$TOOLS_BIN/helm-$HELM_VERSION"
-  need_kubectl --any
+  KUBECTL="$(command -v kubectl)" || need_kubectl
 else
   phase "tools: kind, helm, kubectl $KUBECTL_VERSION (built once, cached), espeak-ng"
   need_kind

@@ -82,13 +82,11 @@ kube_go_build() {
     -o out/ "${pkgs[@]}")
 }
 
-# need_kubectl [--any]: kubectl $KUBECTL_VERSION, the version of the kind cluster's Kubernetes
+# need_kubectl: kubectl $KUBECTL_VERSION, the version of the kind cluster's Kubernetes
 # (e2e/kind/airgap/build.sh), built from k8s.io/kubernetes like the other Kubernetes binaries
 # (the air-gapped build's own kubectl when it is there), cached in $TOOLS_BIN. A kubectl on
 # PATH is not used: it may be outside the version skew kubectl supports (one minor version).
-# --any: a kubectl on PATH will do (rendering manifests locally, as `run.sh --dry-run` does).
 need_kubectl() {
-  if [[ "${1:-}" == --any ]] && KUBECTL="$(command -v kubectl)"; then return 0; fi
   KUBECTL="$TOOLS_BIN/kubectl-$KUBECTL_VERSION"
   [[ -x "$KUBECTL" ]] && return 0
   command -v go >/dev/null || die "go is required to build kubectl $KUBECTL_VERSION"

@@ -343,6 +343,9 @@ pub fn rid() -> String {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What the server did next on the notification socket.
+// A test client's value, returned once per read and matched at once: boxing the push would only
+// add noise to every test that matches on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Event {
     Notify(NotifyMessage),

@@ -63,6 +63,9 @@ mkdir -p "$DOCKER_SHIM" && ln -sfn "$DOCKER" "$DOCKER_SHIM/docker"
 export PATH="$DOCKER_SHIM:$PATH"
 export DOCKER_BUILDKIT=1
 NICE=(nice -n 10)
+# need_go: kube, k8simages and node build from the Go module proxy (Go is not an apt package at
+# the version these modules need).
+need_go() { command -v go >/dev/null || die "go (1.24 or later, https://go.dev/dl) is required to build $1"; }
 # need_docker: the steps after dockerd need its daemon and client.
 need_docker() {
   if [[ ! -x "$DOCKER" ]] || ! "$DOCKER" info >/dev/null 2>&1; then
@@ -178,6 +181,7 @@ step_rust() {
 KUBE_CMDS=(kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
 build_kube() { kube_go_build "$CACHE/build/kubernetes-$K8S_VERSION" "$K8S_VERSION" "${KUBE_CMDS[@]}"; }
 step_kube() {
+  need_go "the kube step"
   local h cmd ok=1
   h="$(hash_of kube "$K8S_VERSION" "${KUBE_CMDS[@]}")"
   for cmd in "${KUBE_CMDS[@]}"; do [[ -x "$KUBE_OUT/$cmd" ]] || ok=0; done
@@ -265,6 +269,7 @@ EOF
   mv "$CACHE/build/k8s-images.tar.tmp" "$CACHE/build/k8s-images.tar"
 }
 step_k8simages() {
+  need_go "the k8simages step"
   local h
   h="$(hash_of k8simages "$K8S_VERSION" "$ETCD_BUILD_VERSION" "$HERE/images/pause.c" "$LPP_VERSION" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")" \
     "$KUBE_OUT/kube-apiserver" "$KUBE_OUT/kube-controller-manager" "$KUBE_OUT/kube-scheduler" "$KUBE_OUT/kube-proxy")"
@@ -327,6 +332,7 @@ build_node() {
   "$DOCKER" rm -f "$id"
 }
 step_node() {
+  need_go "the node step"
   local h
   h="$(hash_of node "$CRICTL_VERSION" "$KIND_VERSION" "$HERE/node" "$HERE/runc-wrapper" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")" \
     "$KUBE_OUT/kubelet" "$KUBE_OUT/kubeadm" "$KUBE_OUT/kubectl" "$CACHE/build/k8s-images.tar")"
@@ -400,7 +406,7 @@ smoke() {
   "$KIND" delete cluster --name "$name" >/dev/null 2>&1 || true
   "$KIND" create cluster --name "$name" --image "$NODE_IMAGE" --kubeconfig "$kubeconfig" --wait 300s --retain ||
     { "$DOCKER" exec "$name-control-plane" journalctl --no-pager -n 80 || true; return 1; }
-  need_kubectl ""
+  need_kubectl
   "$KUBECTL" --kubeconfig "$kubeconfig" get nodes -o wide
   # (The provisioner may restart once: it can start before kube-proxy has the Service rules.)
   "$KUBECTL" --kubeconfig "$kubeconfig" -n kube-system rollout status deploy/coredns --timeout=180s

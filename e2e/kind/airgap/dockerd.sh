@@ -3,8 +3,8 @@
 # (Debian) when dockerd is missing, installs runc-wrapper (next to this script) as dockerd's
 # default runtime in /etc/docker/daemon.json, and starts dockerd in the background (log:
 # ~/.cache/chatmesh/airgap/dockerd.log). Idempotent: a no-op when `docker info` answers and the
-# wrapper is the default runtime. `--check` starts a privileged container from the given image
-# afterwards (e.g. `dockerd.sh --check chatmesh-airgap/debian:trixie`).
+# wrapper is the default runtime. `--check [IMAGE]` starts a privileged container afterwards,
+# from IMAGE (e.g. chatmesh-airgap/debian:trixie) or, without one, from the host's /usr.
 set -euo pipefail
 INFRA_NAME=airgap-dockerd
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,7 +18,7 @@ mkdir -p "$CACHE"
 # Debian's client and daemon, by path: another docker client on PATH (e.g. Docker 28's, which
 # needs buildx for BuildKit builds) does not count.
 DOCKER=/usr/bin/docker
-[[ -x /usr/bin/dockerd && -x "$DOCKER" ]] || apt_install docker.io containerd runc iptables jq
+[[ -x /usr/sbin/dockerd && -x "$DOCKER" ]] || apt_install docker.io containerd runc iptables jq
 command -v jq >/dev/null || apt_install jq
 install -D -m 0755 "$HERE/runc-wrapper" "$WRAPPER"
 
@@ -48,8 +48,21 @@ fi
 log "dockerd is up (default runtime $RUNTIME -> $WRAPPER)"
 
 if [[ "${1:-}" == --check ]]; then
-  image="${2:?--check IMAGE}"
-  out="$("$DOCKER" run --rm --privileged "$image" sh -c 'grep CapEff /proc/self/status')" ||
+  image="${2:-}"
+  extra=()
+  if [[ -z "$image" ]]; then
+    # No image yet (a fresh machine): an empty one that gets the host's /usr, read-only.
+    image=chatmesh-airgap/probe:1
+    extra=(-v /usr:/usr:ro)
+    if ! "$DOCKER" image inspect "$image" >/dev/null 2>&1; then
+      probe="$(mktemp -d)"
+      mkdir -p "$probe/usr" "$probe/proc" "$probe/sys" "$probe/dev" "$probe/etc"
+      for link in bin sbin lib lib64; do ln -s "usr/$link" "$probe/$link"; done
+      tar --numeric-owner -C "$probe" -c . | "$DOCKER" import - "$image" >/dev/null
+      rm -rf "$probe"
+    fi
+  fi
+  out="$("$DOCKER" run --rm --privileged "${extra[@]}" "$image" sh -c 'grep CapEff /proc/self/status')" ||
     die "a privileged container from $image does not start"
   log "privileged container from $image ran: $out"
 fi

@@ -109,7 +109,7 @@ impl Transmit {
             }
             MsgContent::FileMessage(f) if f.file_name.trim().is_empty() => Err(TransmitError::NoFileName),
             other => match attachment(other) {
-                Some((_, bytes)) if bytes.is_empty() => Err(TransmitError::EmptyAttachment(actual_name(other))),
+                Some((_, [])) => Err(TransmitError::EmptyAttachment(actual_name(other))),
                 _ => Ok(body),
             },
         }
