@@ -427,6 +427,11 @@ main() {
   for s in "${steps[@]}"; do
     declare -F "step_$s" >/dev/null || die "unknown step $s (steps: ${ALL_STEPS[*]} smoke)"
   done
+  # The Go and cargo caches, the images and the cluster's copies of them take ~15 GB on a cold
+  # machine: say so before a step fails on "no space left on device".
+  local free_gb
+  free_gb="$(df -P --block-size=1G "$CACHE" | awk 'NR == 2 {print $4}')"
+  ((free_gb >= 15)) || log "WARNING: $free_gb GB free under $CACHE; a cold build and run need about 15 GB"
   for s in "${steps[@]}"; do
     [[ "$s" == dockerd ]] || need_docker
     t=$SECONDS
