@@ -389,11 +389,25 @@ step_infra() {
 APP_TAG="${CHATMESH_KIND_TAG:-e2e-$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo local)}"
 APP_IMAGE="${CHATMESH_KIND_IMAGE:-chatmesh.local/chatmesh}"
 APP_OPERATOR_IMAGE="${CHATMESH_KIND_OPERATOR_IMAGE:-chatmesh.local/chatmesh-operator}"
+# The Dockerfiles' RUNTIME_IMAGE: the base with this machine's CAs (as the rust image has them),
+# because the chatmesh image's web stage runs npm on it and npm reaches its registry through
+# this machine's egress; NODE_EXTRA_CA_CERTS because Node may keep its own CA list.
+RUNTIME_IMAGE="chatmesh-airgap/runtime:$SUITE"
+build_runtime() {
+  local ctx="$CACHE/build/runtime-image"
+  rm -rf "$ctx" && mkdir -p "$ctx/ca"
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
+  printf '%s\n' "FROM $BASE_IMAGE" "COPY ca/ /usr/local/share/ca-certificates/" "RUN update-ca-certificates" \
+    "ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt" >"$ctx/Dockerfile"
+  "${NICE[@]}" "$DOCKER" build -t "$RUNTIME_IMAGE" "$ctx"
+  rm -rf "$ctx"
+}
 build_app() { # build_app DOCKERFILE IMAGE
   sed '/^# syntax=/d' "$ROOT/$1" | "${NICE[@]}" "$DOCKER" build -f - \
-    --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$BASE_IMAGE" -t "$2" "$ROOT"
+    --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" -t "$2" "$ROOT"
 }
 step_apps() {
+  timed runtime-image build_runtime
   # No input hash: the Docker build cache makes an unchanged rebuild a no-op.
   timed operator-image build_app operator/Dockerfile "$APP_OPERATOR_IMAGE:$APP_TAG"
   timed chatmesh-image build_app services/chatmesh/Dockerfile "$APP_IMAGE:$APP_TAG"
