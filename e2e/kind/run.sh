@@ -91,8 +91,9 @@ phase() {
   phase_started=$SECONDS
 }
 step() {
+  local what="$*"
   step_no=$((step_no + 1))
-  phase "step $step_no: ${*:0:70}"
+  phase "step $step_no: ${what:0:70}"
   log "---- step $step_no: $*"
 }
 print_times() { # the time of each step, on stderr and in $WORK/times.txt
