@@ -338,6 +338,8 @@ echo "the database $host:$port accepts connections""#;
         image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
         command: Some(vec!["bash".into(), "-c".into(), script.into(), "wait-for-database".into()]),
         args: Some(vec![ctx.child(Infra::Mysql.name()), "3306".into(), DATABASE_WAIT_SECONDS.to_string()]),
+        // The migration's own resources: a namespace quota admits the pod with both.
+        resources: Some(ctx.spec.migration.resources.clone().unwrap_or_else(super::resources::migration)),
         security_context: Some(restricted_container()),
         ..Container::default()
     })
