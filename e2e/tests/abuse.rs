@@ -10,7 +10,7 @@ use chatmesh_e2e::{ClientError, Event, rid};
 use chatmesh_proto::message_content::MsgContent;
 use chatmesh_proto::*;
 use prost::Message;
-use support::{Stack, backends};
+use support::{Stack, backends, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -93,8 +93,10 @@ async fn pushes_and_histories_carry_thumbnails_not_avatars(s: &Stack) {
         let Some(notify_message::NotifyRemarks::NewMessageInfo(m)) = n.notify_remarks else { panic!() };
         assert_eq!(m.message_info.unwrap().sender.unwrap().avatar, me.avatar, "pushes carry the thumbnail");
     }
-    let history = s.client.recent(&b.session, &chat, 20).await.unwrap();
-    assert_eq!(history.len(), 20);
+    let history = eventually("20 stored messages", || async {
+        Some(s.client.recent(&b.session, &chat, 20).await.unwrap()).filter(|h| h.len() == 20)
+    })
+    .await;
     let size: usize = history.iter().map(Message::encoded_len).sum();
     assert!(size < 20 * 40 * 1024, "20 short texts took {size} bytes");
     assert!(history.iter().all(|m| m.sender.as_ref().unwrap().avatar == me.avatar));
@@ -201,7 +203,10 @@ async fn big_groups_and_many_images_still_load(s: &Stack) {
         };
         s.client.send(&owner.session, &group, image).await.unwrap();
     }
-    let recent = s.client.recent(&owner.session, &group, 40).await.unwrap();
+    let recent = eventually("33 stored images", || async {
+        Some(s.client.recent(&owner.session, &group, 40).await.unwrap()).filter(|r| r.len() >= 33)
+    })
+    .await;
     assert_eq!(recent.len(), 33);
     assert!(recent.iter().all(|m| match m.message.as_ref().and_then(|c| c.msg_content.as_ref()) {
         Some(MsgContent::ImageMessage(i)) => i.image_content.as_ref().is_some_and(|b| b.len() == 1000),
@@ -418,8 +423,11 @@ async fn slow_websockets_are_closed_and_devices_capped() {
             }
         }
         assert!(received < 150, "all {received} pushes were kept for a socket that did not read");
-        let recent = s.client.recent(&b.session, &chat, 150).await.unwrap();
-        assert_eq!(recent.len(), 150, "nothing is lost: the history has every message");
+        // Nothing is lost: the history has every message (once the storage service wrote them).
+        eventually("150 stored messages", || async {
+            Some(s.client.recent(&b.session, &chat, 150).await.unwrap()).filter(|r| r.len() == 150)
+        })
+        .await;
 
         let mut first = s.client.notifications("/", &b.session).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,14 +5,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use chatmesh_e2e::{Client, ClientError, Event, Notifications, rid, text_message};
 use chatmesh_proto::message_content::MsgContent;
 use chatmesh_proto::notify_message::NotifyRemarks;
 use chatmesh_proto::*;
-use support::{Backend, Stack};
+use support::{Backend, Stack, eventually};
 
 both_backends!(every_type_flows_and_is_stored, sending_and_reading_are_checked);
 
@@ -35,17 +34,6 @@ async fn befriend(c: &Client, a: &Person, b: &Person) -> String {
     c.process(&b.session, &event, &a.id, true).await.unwrap();
     let sessions = c.chat_sessions(&a.session).await.unwrap();
     sessions.into_iter().find(|s| s.single_chat_friend_id.as_deref() == Some(&b.id)).unwrap().chat_session_id
-}
-
-/// Retries `check` until it returns `Some` (storage and indexing are asynchronous).
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
-    for _ in 0..150 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> String {

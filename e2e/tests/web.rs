@@ -34,6 +34,9 @@ async fn web_dir_serves_the_client_and_leaves_the_api_alone() {
     assert_eq!(rsp.status(), 200);
     assert!(rsp.headers()["content-type"].to_str().unwrap().contains("javascript"));
     assert_eq!(get(&format!("{}/no/such/file", s.http)).await.0, 404);
+    // Writes to an unknown path are 404 as without a web dir (the file server only reads).
+    let post = reqwest::Client::new().post(format!("{}/service/user/no_such_route", s.http)).body("x").send().await;
+    assert_eq!(post.unwrap().status(), 404);
 
     // A GET of an API path is still the route's (405), never the file of that name.
     let (status, body) = get(&format!("{}/service/user/username_login", s.http)).await;

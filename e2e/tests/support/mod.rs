@@ -84,6 +84,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Retries `check` until it returns `Some` (storage and indexing are asynchronous: a message
+/// is acknowledged once queued, and readable once the storage service has written it).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    for _ in 0..300 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// The URL of a real server, or `None` (skip) when unset and not required.
 pub fn real_url(var: &str) -> Option<String> {
     chatmesh_common::test_url(var)

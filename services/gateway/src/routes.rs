@@ -137,7 +137,12 @@ pub fn router(gw: Gateway) -> Router {
     );
     // Static files only where no route matched, so they can never shadow the API or `/ws`.
     let router = match &gw.args.web_dir {
-        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
+        Some(dir) => {
+            // Reads only: any other method on an unknown path stays 404, as without a web dir.
+            let files = axum::routing::get_service(tower_http::services::ServeDir::new(dir))
+                .fallback(|| async { StatusCode::NOT_FOUND });
+            router.fallback_service(files)
+        }
         None => router,
     };
     // Bodies are limited in `handle`, per route, so an oversized one still gets the seed's reply.
