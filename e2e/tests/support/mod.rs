@@ -89,10 +89,19 @@ pub fn real_url(var: &str) -> Option<String> {
     chatmesh_common::test_url(var)
 }
 
+/// The test binary's trace pipeline, when a stack asked for one.
+pub static TRACES: std::sync::OnceLock<chatmesh_common::trace::Traces> = std::sync::OnceLock::new();
+
 fn launch(args: Vec<String>) -> Proc {
     let cli = chatmesh::Cli::try_parse_from(&args).expect("test flags parse");
-    // Warnings and errors show in a failing test's output.
-    chatmesh_common::telemetry::init_logs("warn", chatmesh_common::telemetry::LogFormat::Text);
+    // Warnings and errors show in a failing test's output. The first process of a test binary
+    // sets up tracing for all (one subscriber per process), with its `--otlp-endpoint` if any.
+    let mut logs = cli.clone();
+    logs.log = "warn".into();
+    logs.log_format = chatmesh_common::telemetry::LogFormat::Text;
+    if let Some(traces) = logs.init_telemetry().expect("telemetry") {
+        let _ = TRACES.set(traces);
+    }
     let (stop, shutdown) = watch::channel(false);
     let task = tokio::spawn(async move {
         let result = chatmesh::run(cli, shutdown).await;
