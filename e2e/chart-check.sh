@@ -197,6 +197,36 @@ for name in default full minimal; do log "rendered $name: $(kinds "$WORK/$name.y
 grep -q '^kind: ClusterRole$' "$WORK/default.yaml" || die "default values render no ClusterRole"
 grep -q '^kind: Role$' "$WORK/full.yaml" || die "operator.watchNamespace renders no Role"
 grep -q '^kind: ServiceMonitor$' "$WORK/full.yaml" || die "metrics.serviceMonitor.enabled renders no ServiceMonitor"
+grep -q '^kind: PrometheusRule$' "$WORK/full.yaml" || die "alerts.enabled renders no PrometheusRule"
+if grep -q '^kind: PrometheusRule$' "$WORK/default.yaml"; then
+  die "the default values render a PrometheusRule (its CRD may be absent)"
+fi
+# Dashboards: every ConfigMap's JSON parses and has panels with queries; every alert has an
+# expression. (e2e/tests/traces.rs checks the metric names against a scrape.)
+"$VENV/bin/python" - "$WORK/default.yaml" "$WORK/full.yaml" >"$WORK/monitoring.log" 2>&1 <<'PY' ||
+import json, sys, yaml
+dashboards = rules = 0
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        labels = doc.get("metadata", {}).get("labels") or {}
+        if doc["kind"] == "ConfigMap" and labels.get("grafana_dashboard") == "1":
+            for name, text in doc["data"].items():
+                d = json.loads(text)
+                exprs = [t["expr"] for p in d["panels"] for t in p["targets"]]
+                assert d["uid"] and exprs and all(exprs), f"{name}: a dashboard without queries"
+                dashboards += 1
+        if doc["kind"] == "PrometheusRule":
+            for group in doc["spec"]["groups"]:
+                for rule in group["rules"]:
+                    assert rule["alert"] and rule["expr"].strip(), rule
+                    rules += 1
+assert dashboards >= 2 and rules >= 6, (dashboards, rules)
+print(f"{dashboards} dashboards, {rules} alert rules")
+PY
+  die "dashboards or alert rules are malformed" "$WORK/monitoring.log"
+ok "dashboards and alert rules: $(cat "$WORK/monitoring.log")"
 if grep -qE '^kind: (ServiceAccount|ClusterRole|Service)$' "$WORK/minimal.yaml"; then
   die "serviceAccount.create/rbac.create/metrics.service.enabled=false still render those objects"
 fi
@@ -252,7 +282,7 @@ EXAMPLES=(e2e/examples/*.yaml "$WORK/kind-chatsystem.yaml")
 "$KUBECONFORM" -strict -summary -output text \
   -schema-location "$SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
   -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-  -skip ServiceMonitor \
+  -skip ServiceMonitor,PrometheusRule \
   "$WORK/default.yaml" "$WORK/full.yaml" "$WORK/minimal.yaml" "${EXAMPLES[@]}" \
   >"$WORK/kubeconform.log" 2>&1 || die "kubeconform found invalid objects" "$WORK/kubeconform.log"
 log "$(tail -n 1 "$WORK/kubeconform.log")"

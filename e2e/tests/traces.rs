@@ -145,6 +145,92 @@ async fn one_message_is_one_trace_across_queue_and_gateways() {
     trace.assert_child(routed, request);
     let delivered = trace.named("push.deliver", SpanKind::Consumer);
     assert_eq!(delivered.parent_span_id, routed.span_id, "the push envelope carried the context");
+
+    // The same scenario, as an operator sees it: the admin port's /metrics.
+    let scrape = reqwest::get(format!("{}/metrics", s.admin)).await.unwrap().text().await.unwrap();
+    for series in [
+        "chatmesh_gateway_requests_total{route=\"/service/message_transmit/new_message\",outcome=\"success\"}",
+        "chatmesh_rpc_client_duration_seconds_count{rpc=\"/bite_im.MsgTransmitService/GetTransmitTarget\",code=\"OK\"}",
+        "chatmesh_rpc_server_duration_seconds_count{rpc=\"/bite_im.MsgTransmitService/GetTransmitTarget\",code=\"OK\"}",
+        "chatmesh_queue_lag_seconds_count",
+        "chatmesh_storage_batch_size_bucket{le=\"1\"}",
+        "chatmesh_storage_batch_duration_seconds_count{outcome=\"success\"}",
+        "chatmesh_gateway_push_seconds_count{path=\"remote\"}",
+        "chatmesh_gateway_websockets",
+        "chatmesh_search_index_failures_total{what=\"messages\"}",
+    ] {
+        assert!(scrape.lines().any(|l| l.starts_with(series)), "{series} is not in the scrape:\n{scrape}");
+    }
+    assert_eq!(sample(&scrape, "chatmesh_gateway_websockets"), Some(1.0), "B's one socket");
+    assert!(sample(&scrape, "chatmesh_queue_lag_seconds_count").unwrap() >= 1.0);
+
+    // Every metric the shipped dashboards and alerts query is one the services export.
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/chatmesh-operator");
+    let mut queried = String::new();
+    for file in ["dashboards/gateway.json", "dashboards/mesh.json", "templates/prometheusrule.yaml"] {
+        queried += &std::fs::read_to_string(format!("{chart}/{file}")).unwrap();
+    }
+    let exported: Vec<&str> = scrape.lines().filter(|l| !l.starts_with('#')).map(metric_name).collect();
+    let sources = services_source();
+    for name in metric_names(&queried) {
+        if name.starts_with("chatmesh_operator_") {
+            continue; // the operator's, not the services'
+        }
+        let base = ["_bucket", "_count", "_sum"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        // Counters of failures exist only once one happened: those are looked up in the code.
+        if FAILURE_ONLY.contains(&base) {
+            assert!(sources.contains(&format!("\"{base}\"")), "{base} is not exported by any service");
+            continue;
+        }
+        assert!(exported.contains(&name.as_str()), "the chart queries {name}, which the scrape lacks");
+    }
     second.stop().await;
     s.stop().await;
+}
+
+/// Counters that appear only after the failure they count.
+const FAILURE_ONLY: &[&str] = &[
+    "chatmesh_mesh_refused_total",
+    "chatmesh_mesh_handshake_failures_total",
+    "chatmesh_backend_reconnects_total",
+    "chatmesh_speech_worker_restarts_total",
+];
+
+fn metric_name(line: &str) -> &str {
+    line.split(['{', ' ']).next().unwrap_or_default()
+}
+
+/// The value of the first sample of `series` (exact name, any labels).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().filter(|l| metric_name(l) == series).find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `chatmesh_*` names in PromQL text.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("chatmesh_") {
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every Rust source under services/, concatenated.
+fn services_source() -> String {
+    fn walk(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                *out += &std::fs::read_to_string(&path).unwrap();
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../services")), &mut out);
+    out
 }

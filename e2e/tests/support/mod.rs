@@ -58,6 +58,8 @@ pub struct Stack {
     pub client: Client,
     pub http: String,
     pub ws: String,
+    /// The main process's admin address (`/metrics`, `/readyz`); empty for an external system.
+    pub admin: String,
     pub sms: fake_aliyun::FakeAliyun,
     pub backend: Backend,
     /// Flags every process of this stack shares (backends, service addresses).
@@ -179,17 +181,21 @@ impl Stack {
             shared.extend(ca.write(dir.path(), "mesh", &certs::ALL_SERVICES).flags());
         }
         shared.extend(extra.iter().map(|s| s.to_string()));
-        let (http_port, ws_port) = (free_port(), free_port());
+        let (http_port, ws_port, admin_port) = (free_port(), free_port(), free_port());
         let mut args = shared.clone();
         args.push(format!("--target={targets}"));
         args.push(format!("--http-listen=127.0.0.1:{http_port}"));
         args.push(format!("--ws-listen=127.0.0.1:{ws_port}"));
+        // A known port to scrape, instead of the shared `:0` (other processes keep theirs).
+        args.retain(|a| !a.starts_with("--admin-listen="));
+        args.push(format!("--admin-listen=127.0.0.1:{admin_port}"));
         let http = format!("http://127.0.0.1:{http_port}");
         let ws = format!("ws://127.0.0.1:{ws_port}");
         let stack = Stack {
             client: Client::new(&http, &ws),
             http,
             ws,
+            admin: format!("http://127.0.0.1:{admin_port}"),
             sms,
             backend,
             shared,
@@ -415,6 +421,7 @@ pub mod external {
             client,
             http: gateway.http,
             ws: gateway.ws,
+            admin: String::new(),
             sms,
             backend: Backend::Real,
             shared: vec![],

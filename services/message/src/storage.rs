@@ -39,6 +39,9 @@ impl BatchHandler for Storage {
     #[tracing::instrument(name = "storage.store", skip_all, fields(messages = batch.len()))]
     async fn handle(&self, batch: &[Vec<u8>]) -> Result<(), String> {
         let started = std::time::Instant::now();
+        // Exported from the first batch on (at zero), so alerts on it have a series to watch.
+        let index_failures = metrics::counter!("chatmesh_search_index_failures_total", "what" => "messages");
+        index_failures.increment(0);
         let result = self.store(batch).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::histogram!("chatmesh_storage_batch_size").record(batch.len() as f64);
