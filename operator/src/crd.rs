@@ -145,7 +145,7 @@ pub struct ChatSystemSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ObservabilitySpec {
     /// The collector's OTLP/gRPC endpoint, e.g. `http://otel-collector.monitoring:4317`;
-    /// unset: no traces. (With spec.networkPolicy, allow the services' egress to it.)
+    /// unset: no traces (spec.networkPolicy leaves egress open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://[^\s/]+(:[0-9]+)?/?$"))]
     pub otlp_endpoint: Option<String>,
