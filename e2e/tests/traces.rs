@@ -194,6 +194,7 @@ const FAILURE_ONLY: &[&str] = &[
     "chatmesh_mesh_handshake_failures_total",
     "chatmesh_backend_reconnects_total",
     "chatmesh_speech_worker_restarts_total",
+    "chatmesh_gateway_websocket_evictions_total",
 ];
 
 fn metric_name(line: &str) -> &str {
