@@ -8,7 +8,9 @@
 #     example ChatSystems validated against the real Kubernetes 1.34 schemas (kubeconform,
 #     strict: unknown fields fail) and the ChatSystem CRD's schema; the ServiceMonitor against
 #     prometheus-operator's Go types (strict decoding);
-#   - values.schema.json refuses misspelt keys and wrong types (helm template must fail).
+#   - values.schema.json refuses misspelt keys and wrong types (helm template must fail);
+#   - the Grafana dashboards and PrometheusRule alerts: JSON parses, every PromQL expression
+#     parses (Prometheus's own parser, built from the Go module proxy).
 # With a test API server (CHATMESH_TEST_KUBECONFIG, from `eval "$(bash e2e/infra/up.sh kube)"`)
 # it also installs, upgrades and uninstalls the chart there, dry-runs the examples server-side
 # (the CRD's CEL rules), and, given CHATMESH_OPERATOR_BIN (a built chatmesh-operator), runs the
@@ -35,6 +37,8 @@ CRD=crds/chatmesh.io_chatsystems.yaml
 KUBE_SCHEMA_VERSION=1.34.0
 KUBERNETES_VALIDATE_VERSION=1.37.0 # PyPI package shipping the schemas, 1.25 to 1.37
 PROMETHEUS_OPERATOR_VERSION=v0.95.2
+# Go module version of Prometheus 3.7.3 (its PromQL parser).
+PROMETHEUS_VERSION=v0.307.3
 
 CACHE="$TOOLS_CACHE/chart-check"
 WORK="$(mktemp -d)"
@@ -165,6 +169,63 @@ EOF
     die "building the ServiceMonitor check failed" "$src/build.log"
   mv "$SMCHECK.tmp" "$SMCHECK"
 fi
+
+# Prometheus's own PromQL parser (the promql/parser package of github.com/prometheus/prometheus;
+# only the packages it imports are built: ~30 s cold here), for the dashboards' and alerts'
+# expressions.
+PROMQLCHECK="$TOOLS_BIN/promql-check-$PROMETHEUS_VERSION"
+if [[ ! -x "$PROMQLCHECK" ]]; then
+  src="$TOOLS_CACHE/build/promql-check-$PROMETHEUS_VERSION"
+  mkdir -p "$src" "$TOOLS_BIN"
+  cat >"$src/main.go" <<'EOF'
+// Parses every PromQL expression given on stdin, one per NUL-separated record.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+
+	"github.com/prometheus/prometheus/promql/parser"
+)
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<20)
+	in.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		if i := bytes.IndexByte(data, 0); i >= 0 {
+			return i + 1, data[:i], nil
+		}
+		if atEOF && len(data) > 0 {
+			return len(data), data, nil
+		}
+		return 0, nil, nil
+	})
+	n, bad := 0, 0
+	for in.Scan() {
+		expr := string(in.Bytes())
+		n++
+		if _, err := parser.ParseExpr(expr); err != nil {
+			bad++
+			fmt.Fprintf(os.Stderr, "%v\n  in: %s\n", err, expr)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "PromQL: %d parsed, %d invalid\n", n, bad)
+	if bad > 0 || n == 0 {
+		os.Exit(1)
+	}
+}
+EOF
+  printf 'module chatmesh.test/promql-check\n\ngo 1.24.0\n\nrequire github.com/prometheus/prometheus %s\n' \
+    "$PROMETHEUS_VERSION" >"$src/go.mod"
+  log "building the PromQL check ($PROMETHEUS_VERSION) from the Go module proxy"
+  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local go mod tidy &&
+    CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local go build -trimpath -ldflags "-s -w" \
+      -o "$PROMQLCHECK.tmp" .) >"$src/build.log" 2>&1 ||
+    die "building the PromQL check failed" "$src/build.log"
+  mv "$PROMQLCHECK.tmp" "$PROMQLCHECK"
+fi
 log "tools ready in $((SECONDS - started)) s"
 
 # ---- static checks -------------------------------------------------------------------------
@@ -197,6 +258,42 @@ for name in default full minimal; do log "rendered $name: $(kinds "$WORK/$name.y
 grep -q '^kind: ClusterRole$' "$WORK/default.yaml" || die "default values render no ClusterRole"
 grep -q '^kind: Role$' "$WORK/full.yaml" || die "operator.watchNamespace renders no Role"
 grep -q '^kind: ServiceMonitor$' "$WORK/full.yaml" || die "metrics.serviceMonitor.enabled renders no ServiceMonitor"
+grep -q '^kind: PrometheusRule$' "$WORK/full.yaml" || die "alerts.enabled renders no PrometheusRule"
+if grep -q '^kind: PrometheusRule$' "$WORK/default.yaml"; then
+  die "the default values render a PrometheusRule (its CRD may be absent)"
+fi
+# Dashboards: every ConfigMap's JSON parses and has panels with queries; every alert has an
+# expression. (e2e/tests/traces.rs checks the metric names against a scrape.)
+"$VENV/bin/python" - "$WORK/default.yaml" "$WORK/full.yaml" >"$WORK/monitoring.log" 2>&1 <<'PY' ||
+import json, sys, yaml
+dashboards = rules = 0
+exprs = []
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc:
+            continue
+        labels = doc.get("metadata", {}).get("labels") or {}
+        if doc["kind"] == "ConfigMap" and labels.get("grafana_dashboard") == "1":
+            for name, text in doc["data"].items():
+                d = json.loads(text)
+                queries = [t["expr"] for p in d["panels"] for t in p["targets"]]
+                assert d["uid"] and queries and all(queries), f"{name}: a dashboard without queries"
+                exprs.extend(queries)
+                dashboards += 1
+        if doc["kind"] == "PrometheusRule":
+            for group in doc["spec"]["groups"]:
+                for rule in group["rules"]:
+                    assert rule["alert"] and rule["expr"].strip(), rule
+                    rules += 1
+                    exprs.append(rule["expr"])
+assert dashboards >= 2 and rules >= 6, (dashboards, rules)
+open(sys.argv[-1] + ".exprs", "w").write("\0".join(exprs))
+print(f"{dashboards} dashboards, {rules} alert rules")
+PY
+  die "dashboards or alert rules are malformed" "$WORK/monitoring.log"
+"$PROMQLCHECK" <"$WORK/full.yaml.exprs" 2>>"$WORK/monitoring.log" ||
+  die "a dashboard or alert expression is not valid PromQL" "$WORK/monitoring.log"
+ok "dashboards and alert rules: $(tr '\n' ' ' <"$WORK/monitoring.log")"
 if grep -qE '^kind: (ServiceAccount|ClusterRole|Service)$' "$WORK/minimal.yaml"; then
   die "serviceAccount.create/rbac.create/metrics.service.enabled=false still render those objects"
 fi
@@ -252,7 +349,7 @@ EXAMPLES=(e2e/examples/*.yaml "$WORK/kind-chatsystem.yaml")
 "$KUBECONFORM" -strict -summary -output text \
   -schema-location "$SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
   -schema-location "$CRD_SCHEMAS/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-  -skip ServiceMonitor \
+  -skip ServiceMonitor,PrometheusRule \
   "$WORK/default.yaml" "$WORK/full.yaml" "$WORK/minimal.yaml" "${EXAMPLES[@]}" \
   >"$WORK/kubeconform.log" 2>&1 || die "kubeconform found invalid objects" "$WORK/kubeconform.log"
 log "$(tail -n 1 "$WORK/kubeconform.log")"

@@ -135,6 +135,30 @@ pub struct ChatSystemSpec {
     /// The NetworkPolicies that limit who reaches each port.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Distributed traces of every service.
+    #[serde(default, skip_serializing_if = "ObservabilitySpec::is_default")]
+    pub observability: ObservabilitySpec,
+}
+
+/// Where every service sends its spans (OpenTelemetry, OTLP over gRPC).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservabilitySpec {
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://otel-collector.monitoring:4317`;
+    /// unset: no traces (spec.networkPolicy leaves egress open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(:[0-9]+)?/?$"))]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0 to 1 [default: 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub trace_sample_ratio: Option<f64>,
+}
+
+impl ObservabilitySpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

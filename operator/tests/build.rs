@@ -109,6 +109,7 @@ fn defaults_make_a_whole_system() {
     assert_eq!(cm["CHATMESH_AUTO_MIGRATE"], "false");
     assert_eq!(cm["CHATMESH_SMS_PROVIDER"], "log");
     assert_eq!(cm["CHATMESH_SPEECH_PROVIDER"], "offline");
+    assert!(!cm.contains_key("CHATMESH_OTLP_ENDPOINT"), "no traces unless asked for");
     assert_eq!(cm["CHATMESH_USER_ADDR"], "http://demo-user:10003");
     assert_eq!(cm["CHATMESH_SPEECH_ADDR"], "http://demo-speech:10001");
     assert_eq!(cm["CHATMESH_FILE_ADDR"], "http://demo-file:10002");
@@ -318,6 +319,9 @@ fn full_spec_reaches_every_object() {
     assert_eq!(cm["CHATMESH_ALIYUN_TEMPLATE_CODE"], "SMS_123456");
     assert_eq!(cm["CHATMESH_SPEECH_PROVIDER"], "openai");
     assert_eq!(cm["CHATMESH_OPENAI_BASE_URL"], "https://api.openai.example/v1");
+    // Traces: every service reads the ConfigMap.
+    assert_eq!(cm["CHATMESH_OTLP_ENDPOINT"], "http://otel-collector.monitoring:4317");
+    assert_eq!(cm["CHATMESH_TRACE_SAMPLE_RATIO"], "0.25");
 
     // NodePort with fixed ports, and an Ingress with TLS.
     let public = named(&d.services, "prod-public").spec.clone().unwrap();

@@ -58,6 +58,8 @@ pub struct Stack {
     pub client: Client,
     pub http: String,
     pub ws: String,
+    /// The main process's admin address (`/metrics`, `/readyz`); empty for an external system.
+    pub admin: String,
     pub sms: fake_aliyun::FakeAliyun,
     pub backend: Backend,
     /// Flags every process of this stack shares (backends, service addresses).
@@ -101,10 +103,19 @@ pub fn real_url(var: &str) -> Option<String> {
     chatmesh_common::test_url(var)
 }
 
+/// The test binary's trace pipeline, when a stack asked for one.
+pub static TRACES: std::sync::OnceLock<chatmesh_common::trace::Traces> = std::sync::OnceLock::new();
+
 fn launch(args: Vec<String>) -> Proc {
     let cli = chatmesh::Cli::try_parse_from(&args).expect("test flags parse");
-    // Warnings and errors show in a failing test's output.
-    chatmesh_common::telemetry::init_logs("warn", chatmesh_common::telemetry::LogFormat::Text);
+    // Warnings and errors show in a failing test's output. The first process of a test binary
+    // sets up tracing for all (one subscriber per process), with its `--otlp-endpoint` if any.
+    let mut logs = cli.clone();
+    logs.log = "warn".into();
+    logs.log_format = chatmesh_common::telemetry::LogFormat::Text;
+    if let Some(traces) = logs.init_telemetry().expect("telemetry") {
+        let _ = TRACES.set(traces);
+    }
     let (stop, shutdown) = watch::channel(false);
     let task = tokio::spawn(async move {
         let result = chatmesh::run(cli, shutdown).await;
@@ -182,17 +193,21 @@ impl Stack {
             shared.extend(ca.write(dir.path(), "mesh", &certs::ALL_SERVICES).flags());
         }
         shared.extend(extra.iter().map(|s| s.to_string()));
-        let (http_port, ws_port) = (free_port(), free_port());
+        let (http_port, ws_port, admin_port) = (free_port(), free_port(), free_port());
         let mut args = shared.clone();
         args.push(format!("--target={targets}"));
         args.push(format!("--http-listen=127.0.0.1:{http_port}"));
         args.push(format!("--ws-listen=127.0.0.1:{ws_port}"));
+        // A known port to scrape, instead of the shared `:0` (other processes keep theirs).
+        args.retain(|a| !a.starts_with("--admin-listen="));
+        args.push(format!("--admin-listen=127.0.0.1:{admin_port}"));
         let http = format!("http://127.0.0.1:{http_port}");
         let ws = format!("ws://127.0.0.1:{ws_port}");
         let stack = Stack {
             client: Client::new(&http, &ws),
             http,
             ws,
+            admin: format!("http://127.0.0.1:{admin_port}"),
             sms,
             backend,
             shared,
@@ -418,6 +433,7 @@ pub mod external {
             client,
             http: gateway.http,
             ws: gateway.ws,
+            admin: String::new(),
             sms,
             backend: Backend::Real,
             shared: vec![],

@@ -118,6 +118,12 @@ fn config_data(ctx: &Ctx) -> BTreeMap<String, String> {
         ("CHATMESH_SMS_PROVIDER".into(), spec.sms.provider.as_str().into()),
         ("CHATMESH_SPEECH_PROVIDER".into(), spec.speech.provider.as_str().into()),
     ]);
+    if let Some(endpoint) = &spec.observability.otlp_endpoint {
+        data.insert("CHATMESH_OTLP_ENDPOINT".into(), endpoint.clone());
+    }
+    if let Some(ratio) = spec.observability.trace_sample_ratio {
+        data.insert("CHATMESH_TRACE_SAMPLE_RATIO".into(), ratio.to_string());
+    }
     for component in Component::ALL {
         if let Some(port) = component.grpc_port() {
             // Headless Services: the client resolves every pod's address and balances.

@@ -148,6 +148,8 @@ pub struct Cli {
     pub log: String,
     #[arg(long, env = "CHATMESH_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub traces: chatmesh_common::trace::TraceArgs,
 
     #[command(flatten)]
     pub gateway: chatmesh_gateway::GatewayArgs,
@@ -162,6 +164,16 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Installs logs and, with `--otlp-endpoint`, the trace exporter (inside Tokio). Keep the
+    /// result and shut it down at exit, so the last spans are sent.
+    pub fn init_telemetry(&self) -> anyhow::Result<Option<chatmesh_common::trace::Traces>> {
+        let names: Vec<String> = self.target.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+        let service = format!("chatmesh-{}", names.join("+"));
+        let traces = chatmesh_common::trace::Traces::start(&self.traces, &service)?;
+        chatmesh_common::telemetry::init(&self.log, self.log_format, traces.as_ref());
+        Ok(traces)
+    }
+
     fn runs(&self, target: Target) -> bool {
         self.target.contains(&target) || self.target.contains(&Target::All)
     }

@@ -3,7 +3,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let cli = chatmesh::Cli::parse();
-    chatmesh_common::telemetry::init_logs(&cli.log, cli.log_format);
+    let traces = match cli.init_telemetry() {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("chatmesh: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let grace = cli.shutdown_grace;
     tokio::spawn(async move {
@@ -26,6 +32,10 @@ async fn main() {
             1
         }
     };
+    if let Some(traces) = traces {
+        // The exporter blocks while it sends the last spans: not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     // Not waiting for the runtime to wind down blocking tasks: the drain is over.
     std::process::exit(code)
 }

@@ -12,11 +12,13 @@ use tonic::transport::{Channel, Endpoint};
 use crate::BackendError;
 use crate::mesh::authz::AuthorizeLayer;
 use crate::mesh::tls::MeshTls;
+use crate::trace::{TraceClient, TraceServerLayer};
 use tower::layer::util::{Identity, Stack};
 
 /// Every client call goes through this: a load-balanced channel with a per-call deadline, so a
 /// missing backend is an error rather than a hang.
-pub type GrpcChannel = tower::timeout::Timeout<Channel>;
+/// Each call is traced and timed ([`TraceClient`]).
+pub type GrpcChannel = TraceClient<tower::timeout::Timeout<Channel>>;
 
 /// Largest gRPC message accepted or sent: files travel inside messages.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -104,16 +106,21 @@ pub fn channel(
             }
         }
     });
-    Ok(tower::timeout::Timeout::new(channel, timeout))
+    Ok(TraceClient::new(tower::timeout::Timeout::new(channel, timeout)))
 }
 
-/// A gRPC server whose every request passes the authorization table (when `enforce`: the mesh is on).
-pub fn server(enforce: bool) -> tonic::transport::Server<Stack<AuthorizeLayer, Identity>> {
-    tonic::transport::Server::builder().tcp_nodelay(true).layer(AuthorizeLayer { enforce })
+/// The layers of every gRPC server: tracing and timing outermost (refusals count too), then
+/// the authorization table.
+pub type ServerLayers = Stack<AuthorizeLayer, Stack<TraceServerLayer, Identity>>;
+
+/// A gRPC server whose every request is traced and passes the authorization table (when
+/// `enforce`: the mesh is on).
+pub fn server(enforce: bool) -> tonic::transport::Server<ServerLayers> {
+    tonic::transport::Server::builder().tcp_nodelay(true).layer(TraceServerLayer).layer(AuthorizeLayer { enforce })
 }
 
 /// The routes of a [`server`].
-pub type MeshRouter = tonic::transport::server::Router<Stack<AuthorizeLayer, Identity>>;
+pub type MeshRouter = tonic::transport::server::Router<ServerLayers>;
 
 /// Serves `router` on `listener` until `shutdown` resolves: plaintext, or with `tls` mutual TLS
 /// where only clients with a certificate of the mesh's CA get in (and the router's

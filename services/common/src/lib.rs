@@ -11,6 +11,7 @@ pub mod queue;
 pub mod search;
 pub mod sessions;
 pub mod telemetry;
+pub mod trace;
 
 pub use db::Database;
 pub use kv::ExpiringStore;

@@ -16,10 +16,11 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio_stream::StreamExt;
+use tracing::Instrument;
 
 use crate::health::{Backoff, Health, Link};
 use crate::{BackendError, Database};
@@ -81,6 +82,7 @@ pub fn open(
             channel: Mutex::new(None),
             publisher: health.link("amqp-publisher", roles.publish),
             consumer: health.link("amqp-consumer", roles.consume),
+            depth_reported: std::sync::atomic::AtomicI64::new(0),
         });
         if roles.publish {
             // Connected ahead of the first send and kept connected, so readiness tells the truth
@@ -130,6 +132,8 @@ pub struct AmqpQueue {
     channel: Mutex<Option<(u64, Connection, Channel)>>,
     publisher: Arc<Link>,
     consumer: Arc<Link>,
+    /// When the queue depth was last read (Unix ms).
+    depth_reported: std::sync::atomic::AtomicI64,
 }
 
 impl AmqpQueue {
@@ -171,9 +175,14 @@ impl AmqpQueue {
         }
     }
 
-    async fn publish_once(&self, body: &[u8], limit: Duration) -> Result<(), (Option<u64>, BackendError)> {
+    async fn publish_once(
+        &self,
+        body: &[u8],
+        headers: &FieldTable,
+        limit: Duration,
+    ) -> Result<(), (Option<u64>, BackendError)> {
         let (generation, ch) = self.channel().await.map_err(|e| (None, e))?;
-        let props = BasicProperties::default().with_delivery_mode(2); // persistent
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers.clone()); // persistent
         let confirm = async {
             ch.basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
                 .await?
@@ -252,7 +261,8 @@ impl AmqpQueue {
                     }
                     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
                     let probe = ch.queue_declare(self.queue.as_str().into(), passive, FieldTable::default());
-                    timed("liveness probe", OP_TIMEOUT, probe).await?;
+                    let queue = timed("liveness probe", OP_TIMEOUT, probe).await?;
+                    metrics::gauge!("chatmesh_queue_depth_messages").set(f64::from(queue.message_count()));
                     continue;
                 }
             };
@@ -266,7 +276,10 @@ impl AmqpQueue {
             }
             let bodies: Vec<Vec<u8>> = batch.iter().map(|d| d.data.clone()).collect();
             let last = batch.last().expect("batch is not empty");
-            let outcome = match tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).await {
+            let span = batch_span(&self.queue, &batch);
+            let handled = tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).instrument(span).await;
+            self.report_depth(ch).await;
+            let outcome = match handled {
                 Ok(outcome) => outcome,
                 Err(_) => Err(format!("not handled within {HANDLE_TIMEOUT:?}")),
             };
@@ -288,6 +301,24 @@ impl AmqpQueue {
     }
 }
 
+impl AmqpQueue {
+    /// Publishes the queue's depth (messages ready, not yet delivered), at most once a second
+    /// while busy (idle, the liveness probe does).
+    async fn report_depth(&self, ch: &Channel) {
+        let now = unix_ms();
+        let last = self.depth_reported.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < 1000 {
+            return;
+        }
+        self.depth_reported.store(now, std::sync::atomic::Ordering::Relaxed);
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let probe = ch.queue_declare(self.queue.as_str().into(), passive, FieldTable::default());
+        if let Ok(queue) = timed("depth", OP_TIMEOUT, probe).await {
+            metrics::gauge!("chatmesh_queue_depth_messages").set(f64::from(queue.message_count()));
+        }
+    }
+}
+
 /// Closes a connection we are done with, without waiting on a dead one.
 async fn close(conn: Connection) {
     if conn.status().connected() {
@@ -298,11 +329,81 @@ async fn close(conn: Connection) {
 #[async_trait]
 impl MessageQueue for AmqpQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
+        let span = tracing::info_span!("queue.publish", otel.name = %format!("{} publish", self.queue), otel.kind = "producer");
+        let headers = message_headers(&span);
+        self.publish_with(body, headers).instrument(span).await
+    }
+
+    async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        while !*shutdown.borrow() {
+            match self.consume_once(&handler, &mut shutdown, &mut backoff).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.consumer.down(&format!("queue {}: {e}", self.queue));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.step()) => {}
+                        _ = crate::stopped(&mut shutdown) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Header of the publishing time (Unix milliseconds), for the consumer's lag.
+const PUBLISHED_MS: &str = "chatmesh-published-ms";
+
+/// A message's headers: the trace context of `span` and the publishing time.
+fn message_headers(span: &tracing::Span) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(tp) = crate::trace::traceparent(span) {
+        headers.insert(crate::trace::TRACEPARENT.into(), AMQPValue::LongString(tp.into()));
+    }
+    headers.insert(PUBLISHED_MS.into(), AMQPValue::LongLongInt(unix_ms()));
+    headers
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The consumer side of [`message_headers`]: a span for the batch, child of its first
+/// message's trace and linked to the others', and each message's time in the queue.
+fn batch_span(queue: &str, batch: &[lapin::message::Delivery]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "queue.consume",
+        otel.name = %format!("{queue} process"),
+        otel.kind = "consumer",
+        messaging.batch.message_count = batch.len(),
+        trace_id = tracing::field::Empty,
+    );
+    let now = unix_ms();
+    let mut parents = Vec::new();
+    for delivery in batch {
+        let Some(headers) = delivery.properties.headers().as_ref() else { continue };
+        if let Some(AMQPValue::LongString(tp)) = headers.inner().get(crate::trace::TRACEPARENT) {
+            parents.push(tp.to_string());
+        }
+        if let Some(AMQPValue::LongLongInt(at)) = headers.inner().get(PUBLISHED_MS) {
+            metrics::histogram!("chatmesh_queue_lag_seconds").record((now - at).max(0) as f64 / 1000.0);
+        }
+    }
+    crate::trace::set_parent(&span, parents.first().map(String::as_str));
+    for tp in parents.iter().skip(1) {
+        crate::trace::add_link(&span, tp);
+    }
+    crate::trace::record_trace_id(&span);
+    span
+}
+
+impl AmqpQueue {
+    async fn publish_with(&self, body: Vec<u8>, headers: FieldTable) -> Result<(), BackendError> {
         let deadline = tokio::time::Instant::now() + self.publish_timeout;
         let mut backoff = Backoff::new(Duration::from_secs(1));
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.publish_once(&body, left.min(OP_TIMEOUT)).await {
+            match self.publish_once(&body, &headers, left.min(OP_TIMEOUT)).await {
                 Ok(()) => {
                     self.publisher.up();
                     return Ok(());
@@ -318,22 +419,6 @@ impl MessageQueue for AmqpQueue {
                         return Err(e);
                     }
                     tokio::time::sleep(pause).await;
-                }
-            }
-        }
-    }
-
-    async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_secs(5));
-        while !*shutdown.borrow() {
-            match self.consume_once(&handler, &mut shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.consumer.down(&format!("queue {}: {e}", self.queue));
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.step()) => {}
-                        _ = crate::stopped(&mut shutdown) => {}
-                    }
                 }
             }
         }

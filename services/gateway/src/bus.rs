@@ -102,6 +102,24 @@ fn now_ms() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as f64).unwrap_or(0.0)
 }
 
+/// The span of delivering an envelope from another gateway: it continues the sender's trace;
+/// and the time since the sender routed it, in `chatmesh_gateway_push_seconds`.
+fn received_push(env: &PushEnvelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "push.deliver",
+        otel.kind = "consumer",
+        recipients = env.user_ids.len(),
+        trace_id = tracing::field::Empty,
+    );
+    chatmesh_common::trace::set_parent(&span, env.traceparent.as_deref());
+    chatmesh_common::trace::record_trace_id(&span);
+    if let Some(sent) = env.sent_at_ms {
+        metrics::histogram!("chatmesh_gateway_push_seconds", "path" => "remote")
+            .record(((now_ms() as i64 - sent).max(0)) as f64 / 1000.0);
+    }
+    span
+}
+
 impl RedisBus {
     fn presence_key(&self, user: &str) -> String {
         format!("{}presence:{user}", self.prefix)
@@ -111,6 +129,7 @@ impl RedisBus {
         format!("{}push:{gateway}", self.prefix)
     }
 
+    #[tracing::instrument(name = "push.route", skip_all, fields(otel.kind = "producer", recipients = users.len()))]
     async fn route(&self, users: &[String], notify: &NotifyMessage, skip: Option<&str>) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         let now = now_ms();
@@ -129,8 +148,13 @@ impl RedisBus {
                 deliver_local(&self.conns, &user_ids, &Bytes::from(notify.encode_to_vec()), skip);
                 continue;
             }
-            let envelope =
-                PushEnvelope { user_ids, skip_session_id: skip.map(str::to_string), notify: Some(notify.clone()) };
+            let envelope = PushEnvelope {
+                user_ids,
+                skip_session_id: skip.map(str::to_string),
+                notify: Some(notify.clone()),
+                traceparent: chatmesh_common::trace::traceparent(&tracing::Span::current()),
+                sent_at_ms: Some(now_ms() as i64),
+            };
             let _: i64 = self.redis.clone().publish(self.channel(&gateway), envelope.encode_to_vec()).await?;
         }
         Ok(())
@@ -237,6 +261,7 @@ impl RedisBus {
                 msg = messages.next() => match msg {
                     Some(msg) => match PushEnvelope::decode(msg.get_payload_bytes()) {
                         Ok(env) => {
+                            let _span = received_push(&env).entered();
                             let frame = Bytes::from(env.notify.unwrap_or_default().encode_to_vec());
                             deliver_local(&self.conns, &env.user_ids, &frame, env.skip_session_id.as_deref());
                         }

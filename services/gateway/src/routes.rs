@@ -156,6 +156,7 @@ async fn ready(State(gw): State<Gateway>) -> Response {
     }
 }
 
+#[tracing::instrument(name = "http.request", skip_all, fields(otel.name = route, otel.kind = "server", http.route = route, trace_id = tracing::field::Empty))]
 async fn handle<Req, Rsp, F, Fut>(
     gw: &Gateway,
     route: &'static str,
@@ -171,6 +172,7 @@ where
     Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
 {
     let started = Instant::now();
+    chatmesh_common::trace::record_trace_id(&tracing::Span::current());
     let format = Format::of(headers);
     let rsp = match forward(gw, route, format, body, call, hook).await {
         Ok(rsp) => rsp,

@@ -36,7 +36,24 @@ pub struct Storage {
 
 #[async_trait]
 impl BatchHandler for Storage {
+    #[tracing::instrument(name = "storage.store", skip_all, fields(messages = batch.len()))]
     async fn handle(&self, batch: &[Vec<u8>]) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        // Exported from the first batch on (at zero), so alerts on it have a series to watch.
+        let index_failures = metrics::counter!("chatmesh_search_index_failures_total", "what" => "messages");
+        index_failures.increment(0);
+        let result = self.store(batch).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::histogram!("chatmesh_storage_batch_size").record(batch.len() as f64);
+        metrics::histogram!("chatmesh_storage_batch_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+impl Storage {
+    /// One batch: inserted, then indexed (or its ids put in the backlog).
+    async fn store(&self, batch: &[Vec<u8>]) -> Result<(), String> {
         let mut rows = Vec::with_capacity(batch.len());
         for body in batch {
             match MessageInfo::decode(body.as_slice()) {
@@ -57,6 +74,7 @@ impl BatchHandler for Storage {
             })
             .collect();
         if let Err(e) = self.search_link.track(self.index.index_messages(&docs).await) {
+            metrics::counter!("chatmesh_search_index_failures_total", "what" => "messages").increment(1);
             // Stored but not searchable yet: remember which, then acknowledge (history must not
             // wait for search). If even that fails, the batch is redelivered.
             let ids: Vec<String> = docs.iter().map(|d| d.message_id.clone()).collect();

@@ -248,12 +248,14 @@ async fn supervise(config: OfflineConfig, mut jobs: mpsc::Receiver<Job>, health:
                     Stop::Closed => return,
                     Stop::Died(why) => {
                         tracing::warn!(pid = worker.pid, %why, "speech worker stopped; starting another");
+                        metrics::counter!("chatmesh_speech_worker_restarts_total", "reason" => "died").increment(1);
                         health.send_replace(Health::Down(why));
                     }
                 }
             }
             Err(why) => {
                 tracing::error!(%why, retry_in = ?backoff, "speech worker cannot start");
+                metrics::counter!("chatmesh_speech_worker_restarts_total", "reason" => "start_failed").increment(1);
                 health.send_replace(Health::NotInstalled(why.clone()));
                 // Until the next attempt, fail queued requests at once instead of holding them.
                 let retry = tokio::time::sleep(backoff);
