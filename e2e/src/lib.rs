@@ -405,3 +405,20 @@ impl Notifications {
             .await;
     }
 }
+
+/// A picture of random pixels: PNG cannot compress it, so it is about `w * h * 3` bytes (avatar
+/// tests and the abuse benchmark).
+pub fn noise_png(w: u32, h: u32) -> Vec<u8> {
+    let mut seed = 0x2545_f491_u32;
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("PNG to memory");
+    out
+}

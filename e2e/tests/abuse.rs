@@ -6,54 +6,14 @@ mod support;
 
 use std::time::Duration;
 
-use chatmesh_e2e::{ClientError, Event, rid};
+use chatmesh_e2e::{ClientError, Event, noise_png, rid};
 use chatmesh_proto::message_content::MsgContent;
 use chatmesh_proto::*;
 use prost::Message;
-use support::{Stack, backends, eventually};
+use support::{Stack, backends, befriend, eventually, person, refused};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Person {
-    id: String,
-    session: String,
-}
-
-async fn person(s: &Stack, prefix: &str) -> Person {
-    let (_, session) = s.user(prefix).await;
-    let id = s.client.user_info(&session).await.unwrap().user_id;
-    Person { id, session }
-}
-
-/// Makes `a` and `b` friends; returns their one-to-one session.
-async fn befriend(s: &Stack, a: &Person, b: &Person) -> String {
-    let event = s.client.apply(&a.session, &b.id).await.unwrap();
-    s.client.process(&b.session, &event, &a.id, true).await.unwrap();
-    let sessions = s.client.chat_sessions(&a.session).await.unwrap();
-    sessions.into_iter().find(|c| c.single_chat_friend_id.as_deref() == Some(&b.id)).unwrap().chat_session_id
-}
-
-fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
-    match result {
-        Err(ClientError::Refused(msg)) => msg,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-/// A picture of random pixels: PNG cannot compress it, so it is about `w * h * 3` bytes.
-fn noise_png(w: u32, h: u32) -> Vec<u8> {
-    let mut seed = 0x9e37_79b9_u32;
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
-    });
-    let mut out = Vec::new();
-    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
-    out
-}
 
 async fn set_avatar(s: &Stack, session: &str, avatar: Vec<u8>) -> SetUserAvatarRsp {
     let req = SetUserAvatarReq { request_id: rid(), session_id: Some(session.into()), avatar, ..Default::default() };
@@ -81,7 +41,7 @@ async fn pushes_and_histories_carry_thumbnails_not_avatars(s: &Stack) {
     let thumb = image::load_from_memory(&me.avatar).unwrap();
     assert!(thumb.width() <= 128 && thumb.height() <= 128);
 
-    let chat = befriend(s, &a, &b).await;
+    let chat = befriend(&s.client, &a, &b).await;
     let mut wb = s.client.notifications("/", &b.session).await.unwrap();
     for i in 0..20 {
         s.client.send_text(&a.session, &chat, &format!("hi {i}")).await.unwrap();
@@ -184,7 +144,7 @@ async fn big_groups_and_many_images_still_load(s: &Stack) {
     for i in 0..33 {
         let p = person(s, &format!("m{i}_")).await;
         assert!(set_avatar(s, &p.session, small.clone()).await.success);
-        befriend(s, &owner, &p).await;
+        befriend(&s.client, &owner, &p).await;
         members.push(p.id);
     }
     s.client.create_group(&owner.session, "thirty-four", &members).await.unwrap();
@@ -406,7 +366,7 @@ async fn slow_websockets_are_closed_and_devices_capped() {
         let Some(s) = Stack::start_with(backend, &flags).await else { continue };
         let a = person(&s, "wa").await;
         let b = person(&s, "wb").await;
-        let chat = befriend(&s, &a, &b).await;
+        let chat = befriend(&s.client, &a, &b).await;
         let mut stuck = s.client.notifications("/", &b.session).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let text = "y".repeat(60_000);

@@ -3,9 +3,9 @@
 
 mod support;
 
-use chatmesh_e2e::{ClientError, rid};
+use chatmesh_e2e::rid;
 use chatmesh_proto::*;
-use support::Stack;
+use support::{Stack, refused};
 
 both_backends!(
     register_login_and_read_profile,
@@ -22,13 +22,6 @@ both_backends!(
     input_rules,
     failed_logins_are_limited,
 );
-
-fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> String {
-    match result {
-        Err(ClientError::Refused(msg)) => msg,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 async fn register_login_and_read_profile(s: &Stack) {
     let (nickname, session) = s.user("alice").await;

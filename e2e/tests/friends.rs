@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use chatmesh_e2e::{ClientError, Event, Notifications, rid};
+use chatmesh_e2e::{Event, Notifications, rid};
 use chatmesh_proto::notify_message::NotifyRemarks;
 use chatmesh_proto::*;
-use support::Stack;
+use support::{Stack, person, refused};
 
 both_backends!(
     three_users_from_search_to_group,
@@ -18,25 +18,6 @@ both_backends!(
 );
 
 const WAIT: Duration = Duration::from_secs(5);
-
-struct Person {
-    id: String,
-    nickname: String,
-    session: String,
-}
-
-async fn person(s: &Stack, prefix: &str) -> Person {
-    let (nickname, session) = s.user(prefix).await;
-    let id = s.client.user_info(&session).await.unwrap().user_id;
-    Person { id, nickname, session }
-}
-
-fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> String {
-    match result {
-        Err(ClientError::Refused(msg)) => msg,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 fn new_session(n: &NotifyMessage) -> ChatSessionInfo {
     match &n.notify_remarks {

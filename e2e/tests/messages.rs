@@ -7,41 +7,15 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chatmesh_e2e::{Client, ClientError, Event, Notifications, rid, text_message};
+use chatmesh_e2e::{Event, Notifications, rid, text_message};
 use chatmesh_proto::message_content::MsgContent;
 use chatmesh_proto::notify_message::NotifyRemarks;
 use chatmesh_proto::*;
-use support::{Backend, Stack, eventually};
+use support::{Backend, Stack, befriend, eventually, person, refused};
 
 both_backends!(every_type_flows_and_is_stored, sending_and_reading_are_checked);
 
 const WAIT: Duration = Duration::from_secs(5);
-
-struct Person {
-    id: String,
-    session: String,
-}
-
-async fn person(s: &Stack, prefix: &str) -> Person {
-    let (_, session) = s.user(prefix).await;
-    let id = s.client.user_info(&session).await.unwrap().user_id;
-    Person { id, session }
-}
-
-/// Makes `a` and `b` friends; returns their one-to-one session id.
-async fn befriend(c: &Client, a: &Person, b: &Person) -> String {
-    let event = c.apply(&a.session, &b.id).await.unwrap();
-    c.process(&b.session, &event, &a.id, true).await.unwrap();
-    let sessions = c.chat_sessions(&a.session).await.unwrap();
-    sessions.into_iter().find(|s| s.single_chat_friend_id.as_deref() == Some(&b.id)).unwrap().chat_session_id
-}
-
-fn refused(result: Result<impl std::fmt::Debug, ClientError>) -> String {
-    match result {
-        Err(ClientError::Refused(msg)) => msg,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 fn content(kind: MessageType, body: MsgContent) -> MessageContent {
     MessageContent { message_type: kind as i32, msg_content: Some(body) }

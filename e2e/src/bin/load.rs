@@ -159,22 +159,6 @@ mod abuse {
         kib as f64 / 1024.0
     }
 
-    /// A picture of random pixels (PNG cannot compress it).
-    fn noise_png(w: u32, h: u32) -> Vec<u8> {
-        let mut seed = 0x2545_f491_u32;
-        let img = image::RgbImage::from_fn(w, h, |_, _| {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
-        });
-        let mut out = Vec::new();
-        image::DynamicImage::ImageRgb8(img)
-            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .expect("PNG to memory");
-        out
-    }
-
     async fn friends(c: &Client, a: &(String, String), b: &(String, String)) -> String {
         let event = c.apply(&a.1, &b.0).await.expect("apply");
         c.process(&b.1, &event, &a.0, true).await.expect("accept");
@@ -294,7 +278,7 @@ mod abuse {
         // 4. A push from a user with a 2 MiB avatar.
         let vain = user(&client, "abv", 0).await;
         let fan = user(&client, "abf", 0).await;
-        let avatar = noise_png(820, 820);
+        let avatar = chatmesh_e2e::noise_png(820, 820);
         let avatar_len = avatar.len();
         let req =
             SetUserAvatarReq { request_id: rid(), session_id: Some(vain.1.clone()), avatar, ..Default::default() };

@@ -86,6 +86,35 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A registered, logged-in user of a test.
+pub struct Person {
+    pub id: String,
+    pub nickname: String,
+    pub session: String,
+}
+
+pub async fn person(s: &Stack, prefix: &str) -> Person {
+    let (nickname, session) = s.user(prefix).await;
+    let id = s.client.user_info(&session).await.unwrap().user_id;
+    Person { id, nickname, session }
+}
+
+/// Makes `a` and `b` friends; returns their one-to-one session id.
+pub async fn befriend(c: &Client, a: &Person, b: &Person) -> String {
+    let event = c.apply(&a.session, &b.id).await.unwrap();
+    c.process(&b.session, &event, &a.id, true).await.unwrap();
+    let sessions = c.chat_sessions(&a.session).await.unwrap();
+    sessions.into_iter().find(|s| s.single_chat_friend_id.as_deref() == Some(&b.id)).unwrap().chat_session_id
+}
+
+/// The server's words when it refused; panics on anything else.
+pub fn refused<T: std::fmt::Debug>(result: Result<T, chatmesh_e2e::ClientError>) -> String {
+    match result {
+        Err(chatmesh_e2e::ClientError::Refused(msg)) => msg,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// Retries `check` until it returns `Some` (storage and indexing are asynchronous: a message
 /// is acknowledged once queued, and readable once the storage service has written it).
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
