@@ -30,7 +30,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build -p chatmesh --locked
 cargo test --workspace --locked "$@"
 # The web client in a real Chromium against the debug binary (`--target all`, embedded backends).
-cargo build -p chatmesh --locked
 CHATMESH_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/chatmesh"
 (cd web && npm run build && CHATMESH_BIN="$CHATMESH_BIN" npm test)
 CHATMESH_OPERATOR_BIN="${CARGO_TARGET_DIR:-target}/debug/chatmesh-operator" bash e2e/chart-check.sh
