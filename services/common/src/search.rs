@@ -33,6 +33,16 @@ pub struct MessageDoc {
     pub created_at: i64,
 }
 
+/// A text message as selected from the `message` table for indexing:
+/// `message_id, chat_session_id, content, created_at`.
+pub type MessageDocRow = (String, String, Option<String>, i64);
+
+impl From<MessageDocRow> for MessageDoc {
+    fn from((message_id, chat_session_id, content, created_at): MessageDocRow) -> Self {
+        Self { message_id, chat_session_id, content: content.unwrap_or_default(), created_at }
+    }
+}
+
 #[async_trait]
 pub trait SearchIndex: Send + Sync + 'static {
     /// Adds or replaces a user; searches see it as soon as this returns.
@@ -253,19 +263,10 @@ pub async fn rebuild(db: &Database, index: &dyn SearchIndex) -> Result<(usize, u
             "SELECT message_id, chat_session_id, content, created_at FROM message \
              WHERE message_type = 0 AND message_id > ? ORDER BY message_id LIMIT {PAGE}"
         );
-        let rows: Vec<(String, String, Option<String>, i64)> =
-            sqlx::query_as(AssertSqlSafe(sql)).bind(&after).fetch_all(&db.pool).await?;
+        let rows: Vec<MessageDocRow> = sqlx::query_as(AssertSqlSafe(sql)).bind(&after).fetch_all(&db.pool).await?;
         let Some(last) = rows.last() else { break };
         after = last.0.clone();
-        let docs: Vec<MessageDoc> = rows
-            .into_iter()
-            .map(|(message_id, chat_session_id, content, created_at)| MessageDoc {
-                message_id,
-                chat_session_id,
-                content: content.unwrap_or_default(),
-                created_at,
-            })
-            .collect();
+        let docs: Vec<MessageDoc> = rows.into_iter().map(MessageDoc::from).collect();
         index.index_messages(&docs).await?;
         messages += docs.len();
     }

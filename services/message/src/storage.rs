@@ -12,7 +12,7 @@ use chatmesh_common::db::placeholders;
 use chatmesh_common::health::Link;
 use chatmesh_common::messages::{self, MessageRow};
 use chatmesh_common::queue::BatchHandler;
-use chatmesh_common::search::{MessageDoc, SearchIndex};
+use chatmesh_common::search::{self, MessageDoc, SearchIndex};
 use chatmesh_common::{BackendError, Database};
 use chatmesh_proto::{MessageInfo, MessageType};
 use prost::Message;
@@ -121,20 +121,11 @@ impl Storage {
             "SELECT m.message_id, m.chat_session_id, m.content, m.created_at FROM search_backlog b \
              JOIN message m ON m.message_id = b.message_id ORDER BY b.message_id LIMIT {CATCH_UP_BATCH}"
         );
-        let rows: Vec<(String, String, Option<String>, i64)> =
-            sqlx::query_as(AssertSqlSafe(sql)).fetch_all(&self.db.pool).await?;
+        let rows: Vec<search::MessageDocRow> = sqlx::query_as(AssertSqlSafe(sql)).fetch_all(&self.db.pool).await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let docs: Vec<MessageDoc> = rows
-            .into_iter()
-            .map(|(message_id, chat_session_id, content, created_at)| MessageDoc {
-                message_id,
-                chat_session_id,
-                content: content.unwrap_or_default(),
-                created_at,
-            })
-            .collect();
+        let docs: Vec<MessageDoc> = rows.into_iter().map(MessageDoc::from).collect();
         self.search_link.track(self.index.index_messages(&docs).await)?;
         let ids: Vec<&String> = docs.iter().map(|d| &d.message_id).collect();
         let sql = format!("DELETE FROM search_backlog WHERE message_id IN ({})", placeholders(ids.len()));
