@@ -1,6 +1,7 @@
 //! One message's path is one trace: an OTLP collector in this test receives the spans of a send
 //! on the real backends and checks the parent/child chain crosses gRPC, RabbitMQ and the Redis
-//! bus to a second gateway. (One test per binary: tracing is set up once per process.)
+//! bus to a second gateway; then the same through the standalone queues (database, memory).
+//! (One test per binary: tracing is set up once per process.)
 
 mod support;
 
@@ -80,6 +81,24 @@ impl Trace {
         false
     }
 
+    /// A send's chain: gateway request -> transmit (gRPC) -> queue publish -> consume -> store.
+    fn assert_send_chain(&self) {
+        let request = self.named(SEND, SpanKind::Server);
+        assert!(request.parent_span_id.is_empty(), "the gateway request is the root");
+        let rpc = "/bite_im.MsgTransmitService/GetTransmitTarget";
+        let client = self.named(rpc, SpanKind::Client);
+        let server = self.named(rpc, SpanKind::Server);
+        self.assert_child(client, request);
+        assert_eq!(server.parent_span_id, client.span_id, "gRPC metadata carried the context");
+        let publish = self.spans.values().find(|s| s.kind == SpanKind::Producer as i32 && s.name.ends_with(" publish"));
+        let publish = publish.unwrap_or_else(|| panic!("no queue publish span: {:?}", self.names()));
+        self.assert_child(publish, server);
+        let consume = self.spans.values().find(|s| s.kind == SpanKind::Consumer as i32 && s.name.ends_with(" process"));
+        let consume = consume.unwrap_or_else(|| panic!("no queue consume span: {:?}", self.names()));
+        assert_eq!(consume.parent_span_id, publish.span_id, "the queued message carried the context");
+        self.assert_child(self.named("storage.store", SpanKind::Internal), consume);
+    }
+
     fn assert_child(&self, child: &Span, parent: &Span) {
         assert!(
             self.descends(child, parent),
@@ -97,52 +116,23 @@ async fn one_message_is_one_trace_across_queue_and_gateways() {
     let otlp = format!("--otlp-endpoint={endpoint}");
     let Some(s) = Stack::start_with(Backend::Real, &[otlp.as_str(), "--trace-sample-ratio=1"]).await else { return };
     let (second, far) = s.spawn("gateway").await;
-    let (_, a) = s.user("trA").await;
-    let (_, b) = s.user("trB").await;
-    let b_id = s.client.user_info(&b).await.unwrap().user_id;
-    let a_id = s.client.user_info(&a).await.unwrap().user_id;
-    let event = s.client.apply(&a, &b_id).await.unwrap();
-    s.client.process(&b, &event, &a_id, true).await.unwrap();
-    let chat = s.client.chat_sessions(&a).await.unwrap().into_iter().next().unwrap().chat_session_id;
-    // B is connected to the second gateway only: the push must cross the Redis bus.
+    let (a, b) = (support::person(&s, "trA").await, support::person(&s, "trB").await);
+    let chat = support::befriend(&s.client, &a, &b).await;
+    let (a, b) = (a.session, b.session);
+    // B is connected to the second gateway: that push must cross the Redis bus; B's second
+    // device, on the sender's gateway, gets it locally.
     let mut b_ws = far.notifications("/ws", &b).await.unwrap();
+    let mut b_near = s.client.notifications("/ws", &b).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // presence recorded
     s.client.send_text(&a, &chat, "traced").await.unwrap();
     b_ws.expect(NotifyType::ChatMessageNotify, Duration::from_secs(10)).await;
+    b_near.expect(NotifyType::ChatMessageNotify, Duration::from_secs(10)).await;
 
-    let route = "/service/message_transmit/new_message";
-    let mut found = None;
-    for _ in 0..100 {
-        let traces = support::TRACES.get().expect("the stack set up tracing");
-        tokio::task::block_in_place(|| traces.flush());
-        let spans = collector.spans.lock().unwrap().clone();
-        let stored = spans.iter().any(|s| s.name == "storage.store");
-        let delivered = spans.iter().any(|s| s.name == "push.deliver");
-        if let Some(root) = spans.iter().find(|s| s.name == route).filter(|_| stored && delivered) {
-            let trace_id = root.trace_id.clone();
-            let spans = spans.into_iter().filter(|s| s.trace_id == trace_id).map(|s| (s.span_id.clone(), s)).collect();
-            found = Some(Trace { spans });
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let trace = found.expect("the collector received the send's spans");
-    let request = trace.named(route, SpanKind::Server);
-    assert!(request.parent_span_id.is_empty(), "the gateway request is the root");
-    let rpc = "/bite_im.MsgTransmitService/GetTransmitTarget";
-    let client = trace.named(rpc, SpanKind::Client);
-    let server = trace.named(rpc, SpanKind::Server);
-    trace.assert_child(client, request);
-    assert_eq!(server.parent_span_id, client.span_id, "gRPC metadata carried the context");
-    let publish = trace.spans.values().find(|s| s.kind == SpanKind::Producer as i32 && s.name.ends_with(" publish"));
-    let publish = publish.unwrap_or_else(|| panic!("no queue publish span: {:?}", trace.names()));
-    trace.assert_child(publish, server);
-    let consume = trace.spans.values().find(|s| s.kind == SpanKind::Consumer as i32 && s.name.ends_with(" process"));
-    let consume = consume.unwrap_or_else(|| panic!("no queue consume span: {:?}", trace.names()));
-    assert_eq!(consume.parent_span_id, publish.span_id, "the message headers carried the context");
-    trace.assert_child(trace.named("storage.store", SpanKind::Internal), consume);
+    let mut seen = Vec::new();
+    let trace = wait_for_trace(&collector, &["storage.store", "push.deliver"], &mut seen).await;
+    trace.assert_send_chain();
     let routed = trace.named("push.route", SpanKind::Producer);
-    trace.assert_child(routed, request);
+    trace.assert_child(routed, trace.named(SEND, SpanKind::Server));
     let delivered = trace.named("push.deliver", SpanKind::Consumer);
     assert_eq!(delivered.parent_span_id, routed.span_id, "the push envelope carried the context");
 
@@ -156,12 +146,13 @@ async fn one_message_is_one_trace_across_queue_and_gateways() {
         "chatmesh_storage_batch_size_bucket{le=\"1\"}",
         "chatmesh_storage_batch_duration_seconds_count{outcome=\"success\"}",
         "chatmesh_gateway_push_seconds_count{path=\"remote\"}",
+        "chatmesh_gateway_push_seconds_count{path=\"local\"}",
         "chatmesh_gateway_websockets",
         "chatmesh_search_index_failures_total{what=\"messages\"}",
     ] {
         assert!(scrape.lines().any(|l| l.starts_with(series)), "{series} is not in the scrape:\n{scrape}");
     }
-    assert_eq!(sample(&scrape, "chatmesh_gateway_websockets"), Some(1.0), "B's one socket");
+    assert_eq!(sample(&scrape, "chatmesh_gateway_websockets"), Some(2.0), "B's two sockets");
     assert!(sample(&scrape, "chatmesh_queue_lag_seconds_count").unwrap() >= 1.0);
 
     // Every metric the shipped dashboards and alerts query is one the services export.
@@ -186,6 +177,40 @@ async fn one_message_is_one_trace_across_queue_and_gateways() {
     }
     second.stop().await;
     s.stop().await;
+
+    // Standalone, the queue is a database table (or memory, in tests): the same chain.
+    for queue in ["database://", "memory://"] {
+        let flag = format!("--amqp-url={queue}");
+        let s = Stack::start_with(Backend::Standalone, &[flag.as_str()]).await.unwrap();
+        let (a, b) = (support::person(&s, "trA").await, support::person(&s, "trB").await);
+        let chat = support::befriend(&s.client, &a, &b).await;
+        s.client.send_text(&a.session, &chat, "traced standalone").await.unwrap();
+        let trace = wait_for_trace(&collector, &["storage.store"], &mut seen).await;
+        trace.assert_send_chain();
+        s.stop().await;
+    }
+}
+
+const SEND: &str = "/service/message_transmit/new_message";
+
+/// The first trace rooted at a send, not in `seen`, that has spans named `needs` (added to `seen`).
+async fn wait_for_trace(collector: &Collector, needs: &[&str], seen: &mut Vec<Vec<u8>>) -> Trace {
+    for _ in 0..100 {
+        let traces = support::TRACES.get().expect("the stack set up tracing");
+        tokio::task::block_in_place(|| traces.flush());
+        let spans = collector.spans.lock().unwrap().clone();
+        let complete =
+            |trace_id: &Vec<u8>| needs.iter().all(|n| spans.iter().any(|s| &s.trace_id == trace_id && s.name == *n));
+        let root = spans.iter().find(|s| s.name == SEND && !seen.contains(&s.trace_id) && complete(&s.trace_id));
+        if let Some(root) = root {
+            let trace_id = root.trace_id.clone();
+            seen.push(trace_id.clone());
+            let spans = spans.into_iter().filter(|s| s.trace_id == trace_id).map(|s| (s.span_id.clone(), s)).collect();
+            return Trace { spans };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the collector received no complete trace of a send with {needs:?}");
 }
 
 /// Counters that appear only after the failure they count.

@@ -276,7 +276,8 @@ impl AmqpQueue {
             }
             let bodies: Vec<Vec<u8>> = batch.iter().map(|d| d.data.clone()).collect();
             let last = batch.last().expect("batch is not empty");
-            let span = batch_span(&self.queue, &batch);
+            let contexts: Vec<Context> = batch.iter().map(Context::of_delivery).collect();
+            let span = batch_span(&self.queue, contexts.iter());
             let handled = tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).instrument(span).await;
             self.report_depth(ch).await;
             let outcome = match handled {
@@ -329,8 +330,8 @@ async fn close(conn: Connection) {
 #[async_trait]
 impl MessageQueue for AmqpQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
-        let span = tracing::info_span!("queue.publish", otel.name = %format!("{} publish", self.queue), otel.kind = "producer");
-        let headers = message_headers(&span);
+        let span = publish_span(&self.queue);
+        let headers = message_headers(Context::of(&span));
         self.publish_with(body, headers).instrument(span).await
     }
 
@@ -354,13 +355,15 @@ impl MessageQueue for AmqpQueue {
 /// Header of the publishing time (Unix milliseconds), for the consumer's lag.
 const PUBLISHED_MS: &str = "chatmesh-published-ms";
 
-/// A message's headers: the trace context of `span` and the publishing time.
-fn message_headers(span: &tracing::Span) -> FieldTable {
+/// A message's headers: its [`Context`].
+fn message_headers(context: Context) -> FieldTable {
     let mut headers = FieldTable::default();
-    if let Some(tp) = crate::trace::traceparent(span) {
+    if let Some(tp) = context.traceparent {
         headers.insert(crate::trace::TRACEPARENT.into(), AMQPValue::LongString(tp.into()));
     }
-    headers.insert(PUBLISHED_MS.into(), AMQPValue::LongLongInt(unix_ms()));
+    if let Some(at) = context.published_ms {
+        headers.insert(PUBLISHED_MS.into(), AMQPValue::LongLongInt(at));
+    }
     headers
 }
 
@@ -368,9 +371,42 @@ fn unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The consumer side of [`message_headers`]: a span for the batch, child of its first
-/// message's trace and linked to the others', and each message's time in the queue.
-fn batch_span(queue: &str, batch: &[lapin::message::Delivery]) -> tracing::Span {
+/// What travels beside a message body on every queue: the publisher's trace context and the
+/// publishing time (RabbitMQ: message headers; the database queue: columns).
+#[derive(Debug, Clone, Default)]
+struct Context {
+    traceparent: Option<String>,
+    published_ms: Option<i64>,
+}
+
+impl Context {
+    /// Taken in the publisher's `span`, now.
+    fn of(span: &tracing::Span) -> Self {
+        Self { traceparent: crate::trace::traceparent(span), published_ms: Some(unix_ms()) }
+    }
+
+    fn of_delivery(delivery: &lapin::message::Delivery) -> Self {
+        let Some(headers) = delivery.properties.headers().as_ref() else { return Self::default() };
+        let traceparent = match headers.inner().get(crate::trace::TRACEPARENT) {
+            Some(AMQPValue::LongString(tp)) => Some(tp.to_string()),
+            _ => None,
+        };
+        let published_ms = match headers.inner().get(PUBLISHED_MS) {
+            Some(AMQPValue::LongLongInt(at)) => Some(*at),
+            _ => None,
+        };
+        Self { traceparent, published_ms }
+    }
+}
+
+/// The publisher's span of one message on `queue`.
+fn publish_span(queue: &str) -> tracing::Span {
+    tracing::info_span!("queue.publish", otel.name = %format!("{queue} publish"), otel.kind = "producer")
+}
+
+/// The consumer side of [`Context`]: a span for the batch, child of its first message's trace
+/// and linked to the others', and each message's time in the queue.
+fn batch_span<'a>(queue: &str, batch: impl ExactSizeIterator<Item = &'a Context>) -> tracing::Span {
     let span = tracing::info_span!(
         "queue.consume",
         otel.name = %format!("{queue} process"),
@@ -380,16 +416,13 @@ fn batch_span(queue: &str, batch: &[lapin::message::Delivery]) -> tracing::Span 
     );
     let now = unix_ms();
     let mut parents = Vec::new();
-    for delivery in batch {
-        let Some(headers) = delivery.properties.headers().as_ref() else { continue };
-        if let Some(AMQPValue::LongString(tp)) = headers.inner().get(crate::trace::TRACEPARENT) {
-            parents.push(tp.to_string());
-        }
-        if let Some(AMQPValue::LongLongInt(at)) = headers.inner().get(PUBLISHED_MS) {
+    for context in batch {
+        parents.extend(context.traceparent.as_deref());
+        if let Some(at) = context.published_ms {
             metrics::histogram!("chatmesh_queue_lag_seconds").record((now - at).max(0) as f64 / 1000.0);
         }
     }
-    crate::trace::set_parent(&span, parents.first().map(String::as_str));
+    crate::trace::set_parent(&span, parents.first().copied());
     for tp in parents.iter().skip(1) {
         crate::trace::add_link(&span, tp);
     }
@@ -425,6 +458,11 @@ impl AmqpQueue {
     }
 }
 
+/// The database queue's name in spans.
+const DB_QUEUE: &str = "queued_message";
+/// seq, body, traceparent, published_ms.
+type QueuedRow = (i64, Vec<u8>, Option<String>, Option<i64>);
+
 /// Standalone: the queue is a table of the relational database, so what a send acknowledged
 /// survives a crash of the process. One consumer (the one process) drains it in order.
 pub struct DbQueue {
@@ -436,8 +474,14 @@ pub struct DbQueue {
 #[async_trait]
 impl MessageQueue for DbQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
-        let insert = sqlx::query("INSERT INTO queued_message (body) VALUES (?)").bind(body).execute(&self.db.pool);
-        match tokio::time::timeout(self.publish_timeout, insert).await {
+        let span = publish_span(DB_QUEUE);
+        let context = Context::of(&span);
+        let insert = sqlx::query("INSERT INTO queued_message (body, traceparent, published_ms) VALUES (?, ?, ?)")
+            .bind(body)
+            .bind(context.traceparent)
+            .bind(context.published_ms)
+            .execute(&self.db.pool);
+        match tokio::time::timeout(self.publish_timeout, insert).instrument(span).await {
             Ok(done) => done?,
             Err(_) => return Err(BackendError::Queue("the database did not take the message in time".into())),
         };
@@ -446,10 +490,11 @@ impl MessageQueue for DbQueue {
     }
 
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
-        let select = format!("SELECT seq, body FROM queued_message ORDER BY seq LIMIT {BATCH}");
+        let select =
+            format!("SELECT seq, body, traceparent, published_ms FROM queued_message ORDER BY seq LIMIT {BATCH}");
         loop {
             let fetch = sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).fetch_all(&self.db.pool);
-            let rows: Result<Vec<(i64, Vec<u8>)>, String> = match tokio::time::timeout(OP_TIMEOUT, fetch).await {
+            let rows: Result<Vec<QueuedRow>, String> = match tokio::time::timeout(OP_TIMEOUT, fetch).await {
                 Ok(rows) => rows.map_err(|e| e.to_string()),
                 Err(_) => Err("the database did not answer in time".into()),
             };
@@ -464,8 +509,16 @@ impl MessageQueue for DbQueue {
                     continue;
                 }
                 Ok(rows) => {
-                    let (seqs, bodies): (Vec<i64>, Vec<Vec<u8>>) = rows.into_iter().unzip();
-                    match tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).await {
+                    let mut seqs = Vec::with_capacity(rows.len());
+                    let mut bodies = Vec::with_capacity(rows.len());
+                    let mut contexts = Vec::with_capacity(rows.len());
+                    for (seq, body, traceparent, published_ms) in rows {
+                        seqs.push(seq);
+                        bodies.push(body);
+                        contexts.push(Context { traceparent, published_ms });
+                    }
+                    let span = batch_span(DB_QUEUE, contexts.iter());
+                    match tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).instrument(span).await {
                         Ok(Ok(())) => {
                             // Exactly the rows handled: with concurrent writers (MySQL) a lower
                             // number may commit after a higher one was read.
@@ -503,36 +556,55 @@ impl MessageQueue for DbQueue {
     }
 }
 
+/// The memory queue's name in spans.
+const MEMORY_QUEUE: &str = "memory";
+
 /// In the process only (and so lost with it): for tests and throw-away runs.
 pub struct MemoryQueue {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    rx: Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
+    tx: mpsc::UnboundedSender<(Vec<u8>, Context)>,
+    rx: Mutex<mpsc::UnboundedReceiver<(Vec<u8>, Context)>>,
 }
 
 #[async_trait]
 impl MessageQueue for MemoryQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
-        self.tx.send(body).map_err(|_| BackendError::Queue("queue closed".into()))
+        let span = publish_span(MEMORY_QUEUE);
+        let context = Context::of(&span);
+        span.in_scope(|| self.tx.send((body, context)).map_err(|_| BackendError::Queue("queue closed".into())))
     }
 
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
         let mut rx = self.rx.lock().await;
         let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut contexts: Vec<Context> = Vec::new();
         loop {
             if batch.is_empty() {
                 tokio::select! {
-                    m = rx.recv() => match m { Some(m) => batch.push(m), None => return },
+                    m = rx.recv() => match m {
+                        Some((body, context)) => {
+                            batch.push(body);
+                            contexts.push(context);
+                        }
+                        None => return,
+                    },
                     _ = crate::stopped(&mut shutdown) => return,
                 }
             }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok((body, context)) => {
+                        batch.push(body);
+                        contexts.push(context);
+                    }
                     Err(_) => break,
                 }
             }
-            match handler.handle(&batch).await {
-                Ok(()) => batch.clear(),
+            let span = batch_span(MEMORY_QUEUE, contexts.iter());
+            match handler.handle(&batch).instrument(span).await {
+                Ok(()) => {
+                    batch.clear();
+                    contexts.clear();
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, messages = batch.len(), "batch failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;

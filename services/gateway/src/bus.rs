@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
-use crate::push::{Connections, PresenceChange};
+use crate::push::{Connections, PresenceChange, Push, PushPath};
 
 /// A presence entry lives this long unless refreshed.
 const PRESENCE_TTL: Duration = Duration::from_secs(90);
@@ -79,22 +79,24 @@ impl PushBus {
     /// Delivers `notify` to every device of `users` (but the `skip_session` one), wherever
     /// they are connected.
     pub async fn send(&self, users: &[String], notify: &NotifyMessage, skip_session: Option<&str>) {
+        // Encoded once; every recipient's queue shares these bytes. Push latency counts from here.
+        let push = Push::local(Bytes::from(notify.encode_to_vec()));
+        let accepted_ms = now_ms() as i64;
         match self {
-            // Encoded once; every recipient's queue shares these bytes.
-            PushBus::Local(conns) => deliver_local(conns, users, &Bytes::from(notify.encode_to_vec()), skip_session),
+            PushBus::Local(conns) => deliver_local(conns, users, &push, skip_session),
             PushBus::Redis(bus) => {
-                if let Err(e) = bus.route(users, notify, skip_session).await {
+                if let Err(e) = bus.route(users, notify, &push, accepted_ms, skip_session).await {
                     tracing::error!(error = %e, "routing a notification failed; delivering locally only");
-                    deliver_local(&bus.conns, users, &Bytes::from(notify.encode_to_vec()), skip_session);
+                    deliver_local(&bus.conns, users, &push, skip_session);
                 }
             }
         }
     }
 }
 
-fn deliver_local(conns: &Connections, users: &[String], frame: &Bytes, skip_session: Option<&str>) {
+fn deliver_local(conns: &Connections, users: &[String], push: &Push, skip_session: Option<&str>) {
     for user in users {
-        conns.deliver_frame(user, frame, skip_session);
+        conns.deliver_frame(user, push, skip_session);
     }
 }
 
@@ -102,8 +104,7 @@ fn now_ms() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as f64).unwrap_or(0.0)
 }
 
-/// The span of delivering an envelope from another gateway: it continues the sender's trace;
-/// and the time since the sender routed it, in `chatmesh_gateway_push_seconds`.
+/// The span of delivering an envelope from another gateway: it continues the sender's trace.
 fn received_push(env: &PushEnvelope) -> tracing::Span {
     let span = tracing::info_span!(
         "push.deliver",
@@ -113,11 +114,19 @@ fn received_push(env: &PushEnvelope) -> tracing::Span {
     );
     chatmesh_common::trace::set_parent(&span, env.traceparent.as_deref());
     chatmesh_common::trace::record_trace_id(&span);
-    if let Some(sent) = env.sent_at_ms {
-        metrics::histogram!("chatmesh_gateway_push_seconds", "path" => "remote")
-            .record(((now_ms() as i64 - sent).max(0)) as f64 / 1000.0);
-    }
     span
+}
+
+/// An envelope's notification as a push, accepted when the sending gateway accepted it (wall
+/// clocks of two hosts: a skew shows in the remote latency, never below zero).
+fn remote_push(env: PushEnvelope) -> Push {
+    let now = std::time::Instant::now();
+    let waited = env.sent_at_ms.map_or(0, |sent| (now_ms() as i64 - sent).max(0));
+    Push {
+        frame: Bytes::from(env.notify.unwrap_or_default().encode_to_vec()),
+        accepted: now.checked_sub(Duration::from_millis(waited as u64)).unwrap_or(now),
+        path: PushPath::Remote,
+    }
 }
 
 impl RedisBus {
@@ -130,7 +139,14 @@ impl RedisBus {
     }
 
     #[tracing::instrument(name = "push.route", skip_all, fields(otel.kind = "producer", recipients = users.len()))]
-    async fn route(&self, users: &[String], notify: &NotifyMessage, skip: Option<&str>) -> redis::RedisResult<()> {
+    async fn route(
+        &self,
+        users: &[String],
+        notify: &NotifyMessage,
+        push: &Push,
+        accepted_ms: i64,
+        skip: Option<&str>,
+    ) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         let now = now_ms();
         for user in users {
@@ -145,7 +161,7 @@ impl RedisBus {
         }
         for (gateway, user_ids) in by_gateway {
             if gateway == self.gateway_id {
-                deliver_local(&self.conns, &user_ids, &Bytes::from(notify.encode_to_vec()), skip);
+                deliver_local(&self.conns, &user_ids, push, skip);
                 continue;
             }
             let envelope = PushEnvelope {
@@ -153,7 +169,7 @@ impl RedisBus {
                 skip_session_id: skip.map(str::to_string),
                 notify: Some(notify.clone()),
                 traceparent: chatmesh_common::trace::traceparent(&tracing::Span::current()),
-                sent_at_ms: Some(now_ms() as i64),
+                sent_at_ms: Some(accepted_ms),
             };
             let _: i64 = self.redis.clone().publish(self.channel(&gateway), envelope.encode_to_vec()).await?;
         }
@@ -260,10 +276,10 @@ impl RedisBus {
                 }
                 msg = messages.next() => match msg {
                     Some(msg) => match PushEnvelope::decode(msg.get_payload_bytes()) {
-                        Ok(env) => {
+                        Ok(mut env) => {
                             let _span = received_push(&env).entered();
-                            let frame = Bytes::from(env.notify.unwrap_or_default().encode_to_vec());
-                            deliver_local(&self.conns, &env.user_ids, &frame, env.skip_session_id.as_deref());
+                            let (users, skip) = (std::mem::take(&mut env.user_ids), env.skip_session_id.take());
+                            deliver_local(&self.conns, &users, &remote_push(env), skip.as_deref());
                         }
                         Err(e) => tracing::warn!(error = %e, "undecodable push envelope"),
                     },

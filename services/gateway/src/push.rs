@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use chatmesh_proto::NotifyMessage;
@@ -19,6 +20,45 @@ pub enum Eviction {
     TooSlow,
     /// The user opened more devices than allowed; this is the oldest.
     Replaced,
+}
+
+/// One queued notification: the encoded frame (shared by every device it goes to), when this
+/// system accepted it for delivery, and whether it came from another gateway; the writer
+/// records the time from acceptance to the frame written in `chatmesh_gateway_push_seconds`.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub frame: Bytes,
+    pub accepted: Instant,
+    pub path: PushPath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushPath {
+    /// The recipient is connected to the gateway that accepted the notification.
+    Local,
+    /// It went through another gateway's channel first.
+    Remote,
+}
+
+impl PushPath {
+    pub fn label(self) -> &'static str {
+        match self {
+            PushPath::Local => "local",
+            PushPath::Remote => "remote",
+        }
+    }
+}
+
+impl Push {
+    /// A notification accepted here and now.
+    pub fn local(frame: Bytes) -> Self {
+        Self { frame, accepted: Instant::now(), path: PushPath::Local }
+    }
+
+    /// What one queued push costs its device's queue (the writer gives it back after sending).
+    pub fn cost(&self) -> usize {
+        self.frame.len() + FRAME_OVERHEAD
+    }
 }
 
 /// What the deliverers and the connection's writer share.
@@ -51,7 +91,7 @@ impl DeviceState {
 struct Device {
     id: u64,
     session_id: String,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Push>,
     state: Arc<DeviceState>,
 }
 
@@ -86,7 +126,7 @@ impl Default for Connections {
 /// A registered connection; dropping it unregisters.
 pub struct Registration {
     pub id: u64,
-    pub frames: mpsc::UnboundedReceiver<Bytes>,
+    pub frames: mpsc::UnboundedReceiver<Push>,
     pub state: Arc<DeviceState>,
     user_id: String,
     owner: Connections,
@@ -152,12 +192,12 @@ impl Connections {
         Registration { id, frames, state, user_id: user_id.to_string(), owner: self.clone() }
     }
 
-    /// Queues `frame` (an encoded `NotifyMessage`, shared, not copied) for every connection of
+    /// Queues `push` (an encoded `NotifyMessage`, shared, not copied) for every connection of
     /// `user_id` except those logged in with `skip_session` (the sending device); returns how
     /// many got it. A device whose queue would pass the byte limit is evicted instead.
-    pub fn deliver_frame(&self, user_id: &str, frame: &Bytes, skip_session: Option<&str>) -> usize {
+    pub fn deliver_frame(&self, user_id: &str, push: &Push, skip_session: Option<&str>) -> usize {
         let limit = self.queue_bytes.load(Ordering::Relaxed);
-        let cost = frame.len() + FRAME_OVERHEAD;
+        let cost = push.cost();
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = map.get(user_id) else { return 0 };
         let mut delivered = 0;
@@ -172,7 +212,7 @@ impl Connections {
                 d.state.evict(Eviction::TooSlow);
                 continue;
             }
-            if d.tx.send(frame.clone()).is_ok() {
+            if d.tx.send(push.clone()).is_ok() {
                 delivered += 1;
             } else {
                 d.state.sent(cost);
@@ -182,7 +222,7 @@ impl Connections {
     }
 
     pub fn deliver(&self, user_id: &str, notify: &NotifyMessage, skip_session: Option<&str>) -> usize {
-        self.deliver_frame(user_id, &Bytes::from(notify.encode_to_vec()), skip_session)
+        self.deliver_frame(user_id, &Push::local(Bytes::from(notify.encode_to_vec())), skip_session)
     }
 
     /// Users with at least one connection here.
@@ -193,11 +233,6 @@ impl Connections {
     pub fn connected(&self, user_id: &str) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(user_id).map_or(0, Vec::len)
     }
-}
-
-/// What one queued frame cost its device's queue (the writer gives it back after sending).
-pub fn frame_cost(frame: &Bytes) -> usize {
-    frame.len() + FRAME_OVERHEAD
 }
 
 #[cfg(test)]
@@ -216,7 +251,7 @@ mod tests {
         let n = NotifyMessage { notify_type: 3, ..Default::default() };
         assert_eq!(c.deliver("u", &n, Some("session-a")), 1);
         assert!(a.frames.try_recv().is_err());
-        assert_eq!(NotifyMessage::decode(b.frames.try_recv().unwrap()).unwrap(), n);
+        assert_eq!(NotifyMessage::decode(b.frames.try_recv().unwrap().frame).unwrap(), n);
         drop(a);
         assert_eq!(c.connected("u"), 1);
         drop(b);
@@ -231,14 +266,15 @@ mod tests {
         c.configure(10_000, 8);
         let mut slow = c.register("u", "s");
         let frame = Bytes::from(vec![7u8; 1000]);
+        let push = Push::local(frame.clone());
         let mut delivered = 0;
         for _ in 0..20 {
-            delivered += c.deliver_frame("u", &frame, None);
+            delivered += c.deliver_frame("u", &push, None);
         }
         assert_eq!(delivered, 9, "10,000 bytes hold nine 1,000-byte frames with their overhead");
         assert_eq!(slow.state.eviction(), Some(Eviction::TooSlow));
         let queued = slow.frames.try_recv().unwrap();
-        assert_eq!(queued.as_ptr(), frame.as_ptr(), "one encoding, shared by every queue");
+        assert_eq!(queued.frame.as_ptr(), frame.as_ptr(), "one encoding, shared by every queue");
     }
 
     #[test]

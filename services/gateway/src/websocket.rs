@@ -94,7 +94,7 @@ async fn write_frames(
 ) {
     let state = registration.state.clone();
     loop {
-        let (message, cost) = tokio::select! {
+        let (message, cost, push) = tokio::select! {
             biased;
             _ = state.wake.notified() => {
                 let (code, reason) = match state.eviction() {
@@ -115,18 +115,18 @@ async fn write_frames(
                 }
                 None => return,
             },
-            frame = registration.frames.recv() => match frame {
-                Some(frame) => {
-                    let cost = crate::push::frame_cost(&frame);
-                    (WsMessage::Binary(frame), cost)
-                }
+            push = registration.frames.recv() => match push {
+                Some(push) => (WsMessage::Binary(push.frame.clone()), push.cost(), push),
                 None => return,
             },
         };
         let sent = tokio::time::timeout(send_timeout, tx.send(message)).await;
         state.sent(cost);
         match sent {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                metrics::histogram!("chatmesh_gateway_push_seconds", "path" => push.path.label())
+                    .record(push.accepted.elapsed().as_secs_f64());
+            }
             Ok(Err(_)) => return,
             Err(_) => {
                 metrics::counter!("chatmesh_gateway_websocket_evictions_total", "reason" => "stuck").increment(1);
