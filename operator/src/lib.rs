@@ -5,6 +5,7 @@
 //! in a fixed order and delete orphans (`reconcile`) -> status (`status`, pure).
 
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;

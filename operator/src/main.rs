@@ -5,22 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chatmesh_operator::build::{Defaults, LABEL_MANAGED_BY, MANAGER};
+use chatmesh_operator::build::{Defaults, MANAGER};
 use chatmesh_operator::crd::ChatSystem;
 use chatmesh_operator::reconcile::{self, Context};
 use clap::Parser;
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -132,31 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         requeue: cli.resync,
     });
 
-    // Children are watched only through our label, so the operator does not cache every
-    // Secret and Deployment in the cluster.
-    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
-    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>>(
-        client: &Client,
-        ns: &Option<String>,
-    ) -> Api<K> {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let ns = &cli.namespace;
-    let controller = Controller::new(chat_systems, watcher::Config::default())
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api::<Job>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<Secret>(&client, ns), owned.clone())
-        .owns(api::<Ingress>(&client, ns), owned.clone())
-        .owns(api::<NetworkPolicy>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned.clone())
-        .owns(api::<CronJob>(&client, ns), owned)
+    let controller = chatmesh_operator::controller::controller(&client, cli.namespace.as_deref())
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
