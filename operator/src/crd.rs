@@ -153,6 +153,37 @@ pub struct ObservabilitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub trace_sample_ratio: Option<f64>,
+    /// A Prometheus Operator PodMonitor for the services' admin ports (`/metrics`), made when
+    /// the cluster serves the PodMonitor kind (monitoring.coreos.com/v1).
+    #[serde(default, skip_serializing_if = "PodMonitorSpec::is_default")]
+    pub pod_monitor: PodMonitorSpec,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMonitorSpec {
+    /// Make one where the kind exists [default: true].
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Extra labels on the PodMonitor (e.g. the `release` label a Prometheus selects by).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Scrape interval, e.g. `30s` [default: Prometheus's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub interval: Option<String>,
+}
+
+impl Default for PodMonitorSpec {
+    fn default() -> Self {
+        Self { enabled: true, labels: BTreeMap::new(), interval: None }
+    }
+}
+
+impl PodMonitorSpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl ObservabilitySpec {

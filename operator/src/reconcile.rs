@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeCla
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -36,7 +36,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub defaults: Defaults,
     /// How often a ChatSystem is looked at again without any change (catches drift that no
-    /// watch reports, e.g. an edited external Secret).
+    /// watch reports, e.g. a hand edit of a child that kept its labels).
     pub requeue: Duration,
 }
 
@@ -113,7 +113,8 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
                 publish(ctx, cs, EventType::Warning, "InvalidSpec", "Validate", problems.join("; ")).await;
             }
             write_status(cs, ctx, new).await?;
-            // User Secrets are not watched (only our own children are): look again soon.
+            // A named Secret appearing starts a pass (the controller watches them); anything
+            // else the spec needs is looked at again soon.
             return Ok(Action::requeue(ctx.requeue.min(Duration::from_secs(30))));
         }
     };
@@ -211,6 +212,7 @@ async fn run(cs: &ChatSystem, ctx: &Context) -> Result<Action, Error> {
     for o in &desired.cron_jobs {
         apply.apply(o).await?;
     }
+    changes.extend(pod_monitor(ctx, &ns, &name, desired.pod_monitor.as_ref()).await?);
     let deleted = delete_orphans(ctx, &ns, cs, &desired, &existing).await?;
 
     for (verb, kind, child) in changes.iter().chain(&deleted) {
@@ -704,6 +706,59 @@ impl Applier<'_> {
         }
         Ok(applied)
     }
+}
+
+/// Whether the cluster serves `plural` in `api_version` (e.g. a CRD that may not be installed).
+pub async fn serves(client: &Client, api_version: &str, plural: &str) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The PodMonitor, where the cluster serves that kind (one discovery request per pass, and a
+/// get where served): applied when its desired form changed, deleted when no longer wanted.
+async fn pod_monitor(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    desired: Option<&DynamicObject>,
+) -> Result<Vec<(&'static str, &'static str, String)>, Error> {
+    use build::monitoring::{GROUP, KIND, PLURAL, VERSION};
+    let served = serves(&ctx.client, &format!("{GROUP}/{VERSION}"), PLURAL)
+        .await
+        .map_err(|source| Error::Read { what: format!("the API group {GROUP}/{VERSION}"), source })?;
+    if !served {
+        return Ok(vec![]);
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &build::monitoring::api_resource());
+    let child = format!("{name}-services");
+    let current =
+        api.get_opt(&child).await.map_err(|source| Error::Read { what: format!("{KIND} {child}"), source })?;
+    let Some(desired) = desired else {
+        let ours =
+            current.as_ref().is_some_and(|c| c.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER));
+        if !ours {
+            return Ok(vec![]);
+        }
+        api.delete(&child, &DeleteParams::default()).await.map_err(|source| Error::Delete {
+            kind: KIND,
+            name: child.clone(),
+            source,
+        })?;
+        return Ok(vec![("Deleted", KIND, child)]);
+    };
+    let hash = build::hash_of(desired);
+    if current.as_ref().and_then(|c| c.annotations().get(APPLIED_HASH_ANNOTATION)) == Some(&hash) {
+        return Ok(vec![]);
+    }
+    let mut obj = desired.clone();
+    obj.metadata.annotations.get_or_insert_default().insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    api.patch(&child, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj))
+        .await
+        .map_err(|source| Error::Apply { kind: KIND, name: child.clone(), source })?;
+    Ok(vec![(if current.is_some() { "Updated" } else { "Created" }, KIND, child)])
 }
 
 /// Deletes every labelled child of this ChatSystem that this pass did not produce (e.g. the

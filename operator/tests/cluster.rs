@@ -81,6 +81,36 @@ async fn install_crd(client: &Client) {
             panic!("the ChatSystem CRD never became established");
         })
         .await;
+    install_pod_monitor_crd(client).await;
+}
+
+/// A stand-in for the Prometheus Operator's PodMonitor CRD (same group, version and names;
+/// any content), installed before any test runs so every pass of every test sees the same API.
+async fn install_pod_monitor_crd(client: &Client) {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    INSTALLED
+        .get_or_init(|| async {
+            let crd: CustomResourceDefinition = serde_json::from_value(json!({
+                "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+                "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                    "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor", "listKind": "PodMonitorList"},
+                    "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema":
+                        {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+            }))
+            .unwrap();
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            api.patch(&crd.name_any(), &PatchParams::apply("chatmesh-tests").force(), &Patch::Apply(&crd))
+                .await
+                .unwrap();
+            for _ in 0..100 {
+                if reconcile::serves(client, "monitoring.coreos.com/v1", "podmonitors").await.unwrap() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the PodMonitor CRD never became served");
+        })
+        .await;
 }
 
 /// A namespace of its own for a test (random suffix: a namespace can't be deleted for real
@@ -1257,8 +1287,9 @@ async fn a_pass_with_nothing_to_change_writes_nothing() {
         let sent = requests.take();
         let writes: Vec<&(String, String)> = sent.iter().filter(|(m, _)| m != "GET").collect();
         assert!(writes.is_empty(), "a steady pass writes nothing: {writes:#?}");
-        // The reads: 12 child lists, the credentials and the CA by name.
-        assert!(sent.len() <= 14, "{} requests: {sent:#?}", sent.len());
+        // The reads: 12 child lists, the credentials and the CA by name, the PodMonitor API
+        // (discovery) and the PodMonitor by name.
+        assert!(sent.len() <= 16, "{} requests: {sent:#?}", sent.len());
     }
     assert_eq!(h.versions().await, before);
 
@@ -1393,4 +1424,34 @@ async fn a_changed_referenced_secret_rolls_the_pods_that_read_it() {
     }
     running.abort();
     assert_ne!(after, before, "the rotated credential did not reach the pod template within 10 s");
+}
+
+#[tokio::test]
+async fn a_pod_monitor_scrapes_the_services_where_the_kind_is_served() {
+    let spec = json!({"observability": {"podMonitor": {"labels": {"release": "prom"}, "interval": "15s"}}});
+    let Some(h) = Harness::new("podmonitor", spec).await else { return };
+    assert!(!reconcile::serves(&h.client, "nothing.chatmesh.io/v1", "things").await.unwrap(), "an absent group");
+    h.ready().await;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(h.client.clone(), &h.ns, &chatmesh_operator::build::monitoring::api_resource());
+    let monitor = api.get("demo-services").await.unwrap();
+    assert_eq!(monitor.labels()["release"], "prom");
+    assert_eq!(monitor.owner_references()[0].name, "demo", "collected with the ChatSystem");
+    let spec = &monitor.data["spec"];
+    assert_eq!(spec["selector"]["matchLabels"][LABEL_INSTANCE], "demo");
+    let services = spec["selector"]["matchExpressions"][0]["values"].as_array().unwrap();
+    assert_eq!(services.len(), 7, "every service, no server: {services:?}");
+    assert_eq!(spec["podMetricsEndpoints"], json!([{"port": "admin", "path": "/metrics", "interval": "15s"}]));
+    // The port it names is the services' admin port.
+    let user = h.get::<Deployment>("demo-user").await.unwrap();
+    let ports = user.spec.unwrap().template.spec.unwrap().containers[0].ports.clone().unwrap();
+    assert!(ports.iter().any(|p| p.name.as_deref() == Some("admin")), "{ports:?}");
+
+    // Unchanged: not written again; disabled: deleted.
+    let version = monitor.resource_version();
+    h.reconcile().await;
+    assert_eq!(api.get("demo-services").await.unwrap().resource_version(), version);
+    h.patch_spec(json!({"observability": {"podMonitor": {"enabled": false}}})).await;
+    h.reconcile().await;
+    assert!(api.get_opt("demo-services").await.unwrap().is_none());
 }

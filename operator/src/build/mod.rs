@@ -6,6 +6,7 @@ pub mod backup;
 mod config;
 mod gateway;
 mod infra;
+pub mod monitoring;
 mod network;
 pub mod resources;
 mod tls;
@@ -218,6 +219,9 @@ pub struct Desired {
     pub hpas: Vec<HorizontalPodAutoscaler>,
     /// The MariaDB backup, with `backup`.
     pub cron_jobs: Vec<CronJob>,
+    /// The PodMonitor of the services' admin ports, unless disabled; applied only where the
+    /// cluster serves that kind.
+    pub pod_monitor: Option<kube::api::DynamicObject>,
     /// Hash of all configuration the pods read; an annotation on every pod template.
     pub config_hash: String,
     /// The image the spec asks for.
@@ -312,6 +316,7 @@ pub fn build(cs: &ChatSystem, observed: &Observed, defaults: &Defaults) -> Desir
     desired.services.push(gateway::public_service(&ctx));
     desired.ingresses.extend(gateway::ingress(&ctx));
     desired.network_policies = network::policies(&ctx);
+    desired.pod_monitor = monitoring::pod_monitor(&ctx);
     desired
 }
 
