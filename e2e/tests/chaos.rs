@@ -11,14 +11,14 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chatmesh_e2e::{Client, Event, Notifications};
-use chatmesh_proto::message_content::MsgContent;
-use chatmesh_proto::{MessageInfo, NotifyType};
+use chatmesh_proto::NotifyType;
+use support::stream::{Chat, PASSWORD, WORKERS, chat, login_new, stored, stored_once, stream, text};
 use support::{create_database, free_port, real_url};
 use tokio::sync::watch;
 
@@ -26,7 +26,6 @@ use tokio::sync::watch;
 const GRACE: Duration = Duration::from_secs(3);
 /// Sends each stream worker makes at most (4 workers: history and search pages stay < 1000).
 const MAX_SENDS: usize = 220;
-const WORKERS: usize = 4;
 
 // ---- The real binary --------------------------------------------------------------------------
 
@@ -284,115 +283,13 @@ impl Pair {
     }
 }
 
-// ---- People, the stream of sends, and what was stored -----------------------------------------
+// ---- What was stored -------------------------------------------------------------------------
 
-struct Chat {
-    a: String,
-    b: String,
-    b_nick: String,
-    chat: String,
-}
-
-async fn login_new(c: &Client) -> (String, String) {
-    let nick = format!("x{}", &chatmesh_common::new_id()[..10]);
-    c.register(&nick, "pass_word-1").await.unwrap();
-    (nick.clone(), c.login(&nick, "pass_word-1").await.unwrap())
-}
-
-/// Two friends and their one-to-one chat.
-async fn chat(c: &Client) -> Chat {
-    let (_, a) = login_new(c).await;
-    let (b_nick, b) = login_new(c).await;
-    let b_id = c.user_info(&b).await.unwrap().user_id;
-    let a_id = c.user_info(&a).await.unwrap().user_id;
-    let event = c.apply(&a, &b_id).await.unwrap();
-    c.process(&b, &event, &a_id, true).await.unwrap();
-    let sessions = c.chat_sessions(&a).await.unwrap();
-    let chat = sessions.into_iter().find(|s| s.single_chat_friend_id.as_deref() == Some(&b_id)).unwrap();
-    Chat { a, b, b_nick, chat: chat.chat_session_id }
-}
-
-/// `WORKERS` senders, each sending until `stop` (or `MAX_SENDS`); returns the acknowledged texts.
-fn stream(c: &Client, session: &str, chat: &str, stop: &watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<String>> {
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let (c, session, chat, stop) = (c.clone(), session.to_string(), chat.to_string(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..MAX_SENDS {
-                if *stop.borrow() {
-                    break;
-                }
-                // `chaosw<w>` is the search key: one worker's messages stay under a page.
-                let text = format!("chaosw{w} n{i}");
-                if c.send_text(&session, &chat, &text).await.is_ok() {
-                    acked.push(text);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            acked
-        }));
-    }
-    tokio::spawn(async move {
-        let mut all = Vec::new();
-        for w in workers {
-            all.extend(w.await.unwrap());
-        }
-        all
-    })
-}
-
-fn text(m: &MessageInfo) -> Option<String> {
-    match m.message.as_ref()?.msg_content.as_ref()? {
-        MsgContent::StringMessage(t) => Some(t.content.clone()),
-        _ => None,
-    }
-}
-
-/// Every stored text of the chat since `since` (Unix seconds), in 5-second pages.
-async fn stored(c: &Client, session: &str, chat: &str, since: i64) -> Option<Vec<String>> {
-    let mut texts = Vec::new();
-    let now = chatmesh_common::unix_now() + 1;
-    let mut t = since;
-    while t <= now {
-        texts.extend(c.history(session, chat, t, t + 4).await.ok()?.iter().filter_map(text));
-        t += 5;
-    }
-    Some(texts)
-}
-
-/// Waits until every acknowledged text is stored (at `deadline` at the latest), then checks none
-/// is stored twice.
+/// Every acknowledged text stored exactly once (by `deadline`), else the failure with the logs.
 async fn assert_stored_once(p: &Pair, ch: &Chat, since: i64, acked: &[String], deadline: Instant) {
-    let mut last = Vec::new();
-    loop {
-        if let Some(texts) = stored(&p.client, &ch.b, &ch.chat, since).await {
-            let have: HashSet<&String> = texts.iter().collect();
-            if acked.iter().all(|t| have.contains(t)) {
-                last = texts;
-                break;
-            }
-            last = texts;
-        }
-        if Instant::now() > deadline {
-            let have: HashSet<&String> = last.iter().collect();
-            let missing: Vec<&String> = acked.iter().filter(|t| !have.contains(t)).collect();
-            panic!(
-                "{} of {} acknowledged messages not stored in time: {:?}\n{}",
-                missing.len(),
-                acked.len(),
-                &missing[..missing.len().min(10)],
-                p.tails()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Err(e) = stored_once(&p.client, &ch.b, &ch.chat, since, acked, deadline).await {
+        panic!("{e}\n{}", p.tails());
     }
-    let mut counts: HashMap<&String, usize> = HashMap::new();
-    for t in &last {
-        *counts.entry(t).or_default() += 1;
-    }
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
 }
 
 /// Waits until search finds every acknowledged text.
@@ -475,7 +372,7 @@ async fn crash(server_name: &'static str, kills: usize, hang: bool) -> Option<(P
     tokio::time::sleep(Duration::from_millis(300)).await; // presence recorded
     let since = chatmesh_common::unix_now() - 1;
     let (stop, stopped) = watch::channel(false);
-    let sender = stream(&p.client, &ch.a, &ch.chat, &stopped);
+    let sender = stream(&p.client, &ch.a, &ch.chat, "chaos", MAX_SENDS, &stopped);
 
     let mut restarted = Instant::now();
     for _ in 0..kills {
@@ -655,7 +552,7 @@ async fn standalone_killed_mid_stream_loses_nothing_acknowledged() {
     let ch = chat(&client).await;
     let since = chatmesh_common::unix_now() - 1;
     let (stop, stopped) = watch::channel(false);
-    let sender = stream(&client, &ch.a, &ch.chat, &stopped);
+    let sender = stream(&client, &ch.a, &ch.chat, "chaos", MAX_SENDS, &stopped);
     tokio::time::sleep(random_between(Duration::from_millis(1000), Duration::from_millis(2000))).await;
     // Storage falls behind (another writer holds the database for a while), so at the crash
     // there are sends in flight that were not stored yet: an acknowledgement given before they
@@ -681,7 +578,7 @@ async fn standalone_killed_mid_stream_loses_nothing_acknowledged() {
     second.wait_ready(true, Duration::from_secs(60)).await;
     let restarted = Instant::now();
     // Sessions lived in the dead process's memory: log in again.
-    let b = client.login(&ch.b_nick, "pass_word-1").await.unwrap();
+    let b = client.login(&ch.b_nick, PASSWORD).await.unwrap();
     let texts = loop {
         let texts = stored(&client, &b, &ch.chat, since).await.unwrap_or_default();
         let have: HashSet<&String> = texts.iter().collect();

@@ -489,6 +489,14 @@ where
     Ok(list.items)
 }
 
+/// A scale write (`kubectl scale`, an HPA) leaves the hash as it was: when this operator sets
+/// `spec.replicas` (no autoscaling), the live count must also be the desired one, else the object
+/// is applied again (e.g. the services scaled to 0 for a restore come back on unpause).
+fn replicas_kept<K: Serialize>(desired: &K, current: &serde_json::Value) -> bool {
+    let want = serde_json::to_value(desired).ok().and_then(|d| d.pointer("/spec/replicas").cloned());
+    want.is_none_or(|want| current.pointer("/spec/replicas") == Some(&want))
+}
+
 /// Annotation holding the hash of the object as last applied: an unchanged desired object is
 /// not applied again.
 pub const APPLIED_HASH_ANNOTATION: &str = "chatmesh.io/applied-hash";
@@ -683,6 +691,7 @@ impl Applier<'_> {
         let hash = build::hash_of(obj);
         if let Some((applied_hash, current)) = self.seen.get(&(kind, name.clone()))
             && *applied_hash == hash
+            && replicas_kept(obj, current)
             && let Ok(current) = serde_json::from_value::<K>(current.clone())
         {
             return Ok(current);
@@ -873,5 +882,25 @@ async fn report_failure(cs: &ChatSystem, ctx: &Context, err: &Error) {
     let new = status::failed(cs, &err.to_string(), Timestamp::now());
     if let Err(status_err) = write_status(cs, ctx, new).await {
         tracing::warn!(error = %status_err, "could not record the failure in the status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+    use serde_json::json;
+
+    use super::replicas_kept;
+
+    fn deployment(replicas: Option<i32>) -> Deployment {
+        Deployment { spec: Some(DeploymentSpec { replicas, ..DeploymentSpec::default() }), ..Deployment::default() }
+    }
+
+    #[test]
+    fn a_scale_write_is_undone_unless_an_autoscaler_owns_the_count() {
+        let scaled_to_zero = json!({"spec": {"replicas": 0}});
+        assert!(!replicas_kept(&deployment(Some(2)), &scaled_to_zero), "kubectl scale is drift");
+        assert!(replicas_kept(&deployment(Some(0)), &scaled_to_zero));
+        assert!(replicas_kept(&deployment(None), &scaled_to_zero), "HPA mode: the count is not ours");
     }
 }

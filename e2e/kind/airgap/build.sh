@@ -402,15 +402,18 @@ build_runtime() {
   "${NICE[@]}" "$DOCKER" build -t "$RUNTIME_IMAGE" "$ctx"
   rm -rf "$ctx"
 }
-build_app() { # build_app DOCKERFILE IMAGE
+build_app() { # build_app DOCKERFILE IMAGE [DOCKER BUILD ARG...]
   sed '/^# syntax=/d' "$ROOT/$1" | "${NICE[@]}" "$DOCKER" build -f - \
-    --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" -t "$2" "$ROOT"
+    --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" -t "$2" "${@:3}" "$ROOT"
 }
 step_apps() {
   timed runtime-image build_runtime
   # No input hash: the Docker build cache makes an unchanged rebuild a no-op.
   timed operator-image build_app operator/Dockerfile "$APP_OPERATOR_IMAGE:$APP_TAG"
   timed chatmesh-image build_app services/chatmesh/Dockerfile "$APP_IMAGE:$APP_TAG"
+  # run.sh's upgrade: the same image plus one test-only migration (a real schema change).
+  timed chatmesh-next-image build_app services/chatmesh/Dockerfile "$APP_IMAGE:$APP_TAG-next" \
+    --build-arg CARGO_FEATURES=chatmesh-common/kind-next-migration
 }
 
 # ---- smoke: a cluster from the node image reaches Ready ---------------------------------------

@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod fake_aliyun;
+pub mod stream;
 
 use std::net::TcpListener;
 use std::time::Duration;

@@ -30,6 +30,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATE_LOCK_TIMEOUT_S: i64 = 300;
 
 static MYSQL: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
+#[cfg(feature = "kind-next-migration")]
+static KIND_NEXT: sqlx::migrate::Migrator = sqlx::migrate!("../../e2e/kind/next-migration");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl Database {
@@ -81,7 +83,7 @@ impl Database {
                 }
                 // `run_direct` on the connection that holds the lock (`run` would take another
                 // from the pool; its generic form also makes the future not `Send`).
-                let result = MYSQL.run_direct(None, &mut *conn, false).await;
+                let result = mysql_migrator().run_direct(None, &mut *conn, false).await;
                 let released = sqlx::query("SELECT RELEASE_LOCK(CONCAT('chatmesh_migrate:', DATABASE()))")
                     .execute(&mut *conn)
                     .await;
@@ -106,6 +108,21 @@ impl Database {
     pub fn is_unique_violation(err: &sqlx::Error) -> bool {
         matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
     }
+}
+
+/// MySQL's migrations; with the test-only feature `kind-next-migration`, the kind suite's extra
+/// one as well (its `-next` image).
+#[cfg(not(feature = "kind-next-migration"))]
+fn mysql_migrator() -> &'static sqlx::migrate::Migrator {
+    &MYSQL
+}
+
+#[cfg(feature = "kind-next-migration")]
+fn mysql_migrator() -> &'static sqlx::migrate::Migrator {
+    static BOTH: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+        sqlx::migrate::Migrator::with_migrations(MYSQL.iter().chain(KIND_NEXT.iter()).cloned().collect())
+    });
+    &BOTH
 }
 
 /// The file of a `sqlite://path?...` URL (none for an in-memory database).
