@@ -29,10 +29,13 @@
 #                                server images for the managed dependencies [the operator's];
 #                                loaded into kind when present locally, else pulled by the node
 #   CHATMESH_KIND_SMS_PORT       port of the fake SMS endpoint on the host [18090]
+#   CHATMESH_KIND_HTTP_PORT, CHATMESH_KIND_WS_PORT
+#                                the host ports of the gateway's NodePorts [9000, 9001]
+#   CHATMESH_KIND_STEPS          day2: after the install, only the day-two steps (e2e/kind/day2.sh)
 #   CHATMESH_KIND_PREBUILT       1: use $CHATMESH_KIND_IMAGE:<tag> and the operator's image as they
 #                                are in Docker, built beforehand (e2e/kind/airgap/build.sh), instead
-#                                of building them; the upgrade retags the image as <tag>-next
-#                                unless that exists too [0]
+#                                of building them; the upgrade needs <tag>-next as well
+#                                (build.sh builds it: one test-only migration more) [0]
 # Diagnostics on stderr; non-zero exit on the first failure (with the operator's log tail).
 set -euo pipefail
 INFRA_NAME=kind
@@ -68,11 +71,13 @@ SMS_PORT="${CHATMESH_KIND_SMS_PORT:-18090}"
 NS=chat
 OP_NS=chatmesh-system
 NAME=chat # metadata.name of e2e/examples/chatsystem.yaml
-HTTP_PORT=9000 # kind-config.yaml maps the node's 30900/30901 to these on 127.0.0.1
-WS_PORT=9001
+HTTP_PORT="${CHATMESH_KIND_HTTP_PORT:-9000}" # kind-config.yaml maps the node's 30900/30901 to these on 127.0.0.1
+WS_PORT="${CHATMESH_KIND_WS_PORT:-9001}"
 WORK="$TOOLS_CACHE/kind/$CLUSTER"
 export KUBECONFIG="$WORK/kubeconfig"
 mkdir -p "$WORK"
+KIND_CONFIG="$WORK/kind-config.yaml" # kind-config.yaml with this run's host ports
+sed -e "s/hostPort: 9000$/hostPort: $HTTP_PORT/; s/hostPort: 9001$/hostPort: $WS_PORT/" kind-config.yaml >"$KIND_CONFIG"
 # The docker client, this script's and kind's: a directory holding only it goes first on PATH.
 if [[ -n "${CHATMESH_KIND_DOCKER:-}" ]]; then
   [[ -x "$CHATMESH_KIND_DOCKER" ]] || die "CHATMESH_KIND_DOCKER=$CHATMESH_KIND_DOCKER is not an executable"
@@ -136,8 +141,8 @@ check "curl" command -v curl
 check "apt-get, or chromium and node (the web client step: e2e/infra/browser.sh)" \
   bash -c "command -v apt-get || { command -v chromium && command -v node; }"
 check "kind-config.yaml maps 30900->$HTTP_PORT and 30901->$WS_PORT" \
-  bash -c "grep -q 'containerPort: 30900' kind-config.yaml && grep -q 'hostPort: $HTTP_PORT' kind-config.yaml &&
-    grep -q 'containerPort: 30901' kind-config.yaml && grep -q 'hostPort: $WS_PORT' kind-config.yaml"
+  bash -c "grep -q 'containerPort: 30900' $KIND_CONFIG && grep -q 'hostPort: $HTTP_PORT' $KIND_CONFIG &&
+    grep -q 'containerPort: 30901' $KIND_CONFIG && grep -q 'hostPort: $WS_PORT' $KIND_CONFIG"
 cluster_exists() { [[ -x "$TOOLS_BIN/kind-$KIND_VERSION" ]] && "$TOOLS_BIN/kind-$KIND_VERSION" get clusters 2>/dev/null | grep -qx "$CLUSTER"; }
 if ! cluster_exists; then
   check "127.0.0.1:$HTTP_PORT free" bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT) 2>/dev/null"
@@ -288,6 +293,8 @@ short_scenario() {
     fail "the account $KEEPER made before the change no longer logs in"
 }
 KEEPER="keeper$(date +%s)"
+# shellcheck source-path=SCRIPTDIR source=day2.sh
+source "$ROOT/e2e/kind/day2.sh"
 
 # ---- the run -------------------------------------------------------------------------------
 step "kind cluster $CLUSTER (kind $KIND_VERSION, kind-config.yaml)"
@@ -297,7 +304,7 @@ if cluster_exists; then
 else
   node_image=()
   [[ -n "${CHATMESH_KIND_NODE_IMAGE:-}" ]] && node_image=(--image "$CHATMESH_KIND_NODE_IMAGE")
-  run "$KIND" create cluster --name "$CLUSTER" --config kind-config.yaml --kubeconfig "$KUBECONFIG" \
+  run "$KIND" create cluster --name "$CLUSTER" --config "$KIND_CONFIG" --kubeconfig "$KUBECONFIG" \
     "${node_image[@]}" --wait 180s
 fi
 ((DRY_RUN)) || kubectl_matches
@@ -348,6 +355,7 @@ if ((!DRY_RUN)); then
   wait_settled "first install"
   wait_until 120 gateway_answers "http://127.0.0.1:$HTTP_PORT" || fail "the gateway does not answer on 127.0.0.1:$HTTP_PORT"
 fi
+[[ "${CHATMESH_KIND_STEPS:-all}" != day2 ]] || { day2_only; exit 0; }
 
 step "the end-to-end suite against the cluster (every real:: scenario)"
 if ((DRY_RUN)); then
@@ -408,24 +416,8 @@ if ((!DRY_RUN)); then
   short_scenario
 fi
 
-step "upgrade the image: rebuild as $NEXT_TAG, load, patch spec.image.tag"
-if ((PREBUILT)) && ! docker image inspect "$IMAGE:$NEXT_TAG" >/dev/null 2>&1; then
-  run docker tag "$IMAGE:$TAG" "$IMAGE:$NEXT_TAG"
-else
-  build_image services/chatmesh/Dockerfile "$IMAGE:$NEXT_TAG"
-fi
-run "$KIND" load docker-image --name "$CLUSTER" "$IMAGE:$NEXT_TAG"
-run "$KUBECTL" -n "$NS" patch chatsystem "$NAME" --type merge -p "{\"spec\":{\"image\":{\"tag\":\"$NEXT_TAG\"}}}"
-if ((!DRY_RUN)); then
-  wait_settled "image $NEXT_TAG"
-  [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.version}')" == "$NEXT_TAG" ]] ||
-    fail "status.version is not $NEXT_TAG"
-  for dep in $(k -n "$NS" get deploy -l "app.kubernetes.io/instance=$NAME" -o name); do
-    [[ "$(k -n "$NS" get "$dep" -o jsonpath='{.spec.template.spec.containers[0].image}')" == "$IMAGE:$NEXT_TAG" ]] ||
-      fail "$dep is not on $IMAGE:$NEXT_TAG"
-  done
-  short_scenario
-fi
+# Drain, backup and restore, an upgrade with a schema change and its rollback (day2.sh).
+day2_steps
 
 step "delete the ChatSystem: the garbage collector removes every child but the retained data"
 run "$KUBECTL" -n "$NS" delete chatsystem "$NAME" --cascade=foreground --timeout=10m
