@@ -389,14 +389,15 @@ if ((!DRY_RUN)); then
     --field-selector=status.phase=Running -o name)
   ((${#pods[@]} == 2)) || fail "expected 2 gateway pods, found ${#pods[@]}"
   # One port-forward per pod: the test's two clients talk to different gateway instances.
-  k -n "$NS" port-forward "${pods[0]}" 19400:9000 19401:9001 >"$WORK/pf0.log" 2>&1 &
+  pf=$((HTTP_PORT + 10400)) # 19400-19411 with the default ports; another run's are apart
+  k -n "$NS" port-forward "${pods[0]}" $pf:9000 $((pf + 1)):9001 >"$WORK/pf0.log" 2>&1 &
   PF_PIDS+=($!)
-  k -n "$NS" port-forward "${pods[1]}" 19410:9000 19411:9001 >"$WORK/pf1.log" 2>&1 &
+  k -n "$NS" port-forward "${pods[1]}" $((pf + 10)):9000 $((pf + 11)):9001 >"$WORK/pf1.log" 2>&1 &
   PF_PIDS+=($!)
-  wait_until 30 gateway_answers http://127.0.0.1:19400 || fail "port-forward to ${pods[0]} failed"
-  wait_until 30 gateway_answers http://127.0.0.1:19410 || fail "port-forward to ${pods[1]} failed"
-  CHATMESH_E2E_GATEWAY_HTTP=http://127.0.0.1:19400 CHATMESH_E2E_GATEWAY_WS=ws://127.0.0.1:19401 \
-    CHATMESH_E2E_GATEWAY2_HTTP=http://127.0.0.1:19410 CHATMESH_E2E_GATEWAY2_WS=ws://127.0.0.1:19411 \
+  wait_until 30 gateway_answers http://127.0.0.1:$pf || fail "port-forward to ${pods[0]} failed"
+  wait_until 30 gateway_answers http://127.0.0.1:$((pf + 10)) || fail "port-forward to ${pods[1]} failed"
+  CHATMESH_E2E_GATEWAY_HTTP=http://127.0.0.1:$pf CHATMESH_E2E_GATEWAY_WS=ws://127.0.0.1:$((pf + 1)) \
+    CHATMESH_E2E_GATEWAY2_HTTP=http://127.0.0.1:$((pf + 10)) CHATMESH_E2E_GATEWAY2_WS=ws://127.0.0.1:$((pf + 11)) \
     cargo test -p chatmesh-e2e --locked --test messages -- pushes_cross_gateways >&2 ||
     fail "pushes did not cross between the gateway pods"
   for pid in "${PF_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
