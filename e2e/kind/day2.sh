@@ -104,6 +104,8 @@ day2_restore() {
   k -n "$NS" apply -f "$WORK/restore.yaml" >&2
   k -n "$NS" wait --for=condition=complete "job/$NAME-restore" --timeout=30m >&2 ||
     fail "the restore job failed: $(k -n "$NS" logs "job/$NAME-restore" --tail=20 2>&1)"
+  # Not a child of the ChatSystem (step 14 checks that none is left): deleted when done.
+  k -n "$NS" delete job "$NAME-restore" --cascade=foreground >&2
   log "restored $1"
 }
 
