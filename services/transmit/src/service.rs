@@ -1,8 +1,8 @@
 //! `MsgTransmitService.GetTransmitTarget`: validate, store attachments, number, queue, and
 //! name the recipients. Success is reported only after the queue confirmed the message.
 
-use chatmesh_common::Database;
 use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
+use chatmesh_common::members::SessionMembers;
 use chatmesh_common::queue::MessageQueue;
 use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::file_service_client::FileServiceClient;
@@ -24,7 +24,7 @@ const PROFILE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const PROFILE_CACHE: usize = 1024;
 
 pub struct Transmit {
-    pub db: Database,
+    pub members: Arc<SessionMembers>,
     pub profiles: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, UserInfo)>>,
     pub queue: Arc<dyn MessageQueue>,
     pub users: UserServiceClient<GrpcChannel>,
@@ -56,7 +56,7 @@ impl Transmit {
         let content = req.message.as_ref().ok_or(TransmitError::NoContent)?;
         let body = self.check(content)?;
         let started = Instant::now();
-        let members = chatmesh_common::db::chat_members(&self.db, &req.chat_session_id).await?;
+        let members = self.members.of(&req.chat_session_id).await?;
         Hop::TransmitMembership.record(started);
         // Unknown sessions and sessions you are not in look the same.
         if !members.contains(&sender) {
@@ -92,7 +92,7 @@ impl Transmit {
         {
             pushed.image_content = sent.image_content.clone();
         }
-        Ok(GetTransmitTargetRsp { message: Some(message), target_id_list: members, ..Default::default() })
+        Ok(GetTransmitTargetRsp { message: Some(message), target_id_list: members.to_vec(), ..Default::default() })
     }
 
     /// The content, if its type and payload agree and it is not empty.
