@@ -14,6 +14,7 @@
 #                                    # (ROUNDS=3), with the ratios of their percentiles
 #   bash e2e/bench.sh tls            # standalone latency, internal mTLS off and on in alternating rounds (ROUNDS=2)
 #   bash e2e/bench.sh abuse          # hostile and heavy clients (standalone): memory and push size
+# RATE, DURATION, BURST, IDLE, ROUNDS, MEMBERS, MESSAGES, FANOUT_RATE, TLS, BUILD tune them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode="${1:-standalone}"
@@ -23,7 +24,8 @@ burst="${BURST:-10000}"
 idle="${IDLE:-10000}"
 
 ulimit -n 20000 # the machine's ceiling; 10k idle sockets need it on both sides
-cargo build --release --locked -p chatmesh -p chatmesh-e2e --bin chatmesh --bin chatmesh-load >&2
+# BUILD=0: use the release binaries already built (e.g. while another build holds the target dir).
+[[ ${BUILD:-1} == 0 ]] || cargo build --release --locked -p chatmesh -p chatmesh-e2e --bin chatmesh --bin chatmesh-load >&2
 bin="${CARGO_TARGET_DIR:-target}/release"
 chatmesh="$bin/chatmesh"
 dir="$(mktemp -d)"
@@ -157,16 +159,20 @@ compare)
       stop_all
     done
   done
-  # p50 / p99 / p99.9 of each side, median over rounds, and B/A.
-  awk '/push latency ms/ { side = substr(FILENAME, length(FILENAME) - 1, 1)
-         for (i = 1; i <= NF; i++) { if ($i == "p50") p50[side] = p50[side] " " $(i+1)
-           if ($i == "p99") p99[side] = p99[side] " " $(i+1); if ($i == "p99.9") p999[side] = p999[side] " " $(i+1) } }
-       function med(s,   a, n, i, j, t) { n = split(s, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
-           if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }; return a[int((n + 1) / 2)] }
-       END { printf "| | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|\n"
-         printf "| A, rounds |%s |%s |%s |\n| B, rounds |%s |%s |%s |\n", p50["A"], p99["A"], p999["A"], p50["B"], p99["B"], p999["B"]
-         printf "| B/A (medians) | %.2f | %.2f | %.2f |\n", med(p50["B"]) / med(p50["A"]), med(p99["B"]) / med(p99["A"]), med(p999["B"]) / med(p999["A"]) }' \
-    "$out"/A* "$out"/B*
+  # p50 / p99 / p99.9 of each side per round; B/A per round (B ran right after A) and their
+  # geometric mean.
+  for f in "$out"/A* "$out"/B*; do
+    echo "$(basename "$f") $(grep 'push latency ms' "$f" | awk '{print $5, $7, $9}')"
+  done | sort -k1.2n -k1.1 | awk '
+    { side = substr($1, 1, 1); round = substr($1, 2); v[side, round, 1] = $2; v[side, round, 2] = $3; v[side, round, 3] = $4
+      if (round > n) n = round }
+    END { print "| round | A p50 / p99 / p99.9 ms | B p50 / p99 / p99.9 ms | B/A p50 | B/A p99 | B/A p99.9 |"
+      print "|---|---|---|---|---|---|"
+      for (r = 1; r <= n; r++) {
+        printf "| %d | %s / %s / %s | %s / %s / %s |", r, v["A", r, 1], v["A", r, 2], v["A", r, 3], v["B", r, 1], v["B", r, 2], v["B", r, 3]
+        for (k = 1; k <= 3; k++) { q = v["B", r, k] / v["A", r, k]; logsum[k] += log(q); printf " %.2f |", q }
+        printf "\n" }
+      printf "| geometric mean | | | %.2f | %.2f | %.2f |\n", exp(logsum[1] / n), exp(logsum[2] / n), exp(logsum[3] / n) }'
   ;;
 scale)
   full_backends
