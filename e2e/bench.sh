@@ -179,8 +179,7 @@ scale)
   make_certs
   # Process 0: user, friend, file, speech. Gateways 1 and 2 call transmit 3 and 4 respectively;
   # storage consumers 5 and 6 share the queue. Pushes cross gateways through Redis.
-  base=(--target user,friend,file,speech)
-  start 19099 "${base[@]}" "${common[@]}" "${backends[@]}" $(ports 19000) $(addrs 19000) "${tls[@]}"
+  start 19099 --target "user,friend,file,speech" "${common[@]}" "${backends[@]}" $(ports 19000) $(addrs 19000) "${tls[@]}"
   for k in 3 4; do
     p=$((19000 + 100 * k))
     start $((p + 99)) --target transmit "${common[@]}" "${backends[@]}" $(ports $p) $(addrs 19000) "${tls[@]}"
@@ -196,8 +195,9 @@ scale)
   done
   metrics=http://127.0.0.1:19099/metrics
   for k in 1 2 3 4 5 6; do metrics+=",http://127.0.0.1:$((19099 + 100 * k))/metrics"; done
-  two=(--http http://127.0.0.1:19100,http://127.0.0.1:19200 --ws ws://127.0.0.1:19101,ws://127.0.0.1:19201
-    --metrics "$metrics")
+  gateways="http://127.0.0.1:19100,http://127.0.0.1:19200"
+  sockets="ws://127.0.0.1:19101,ws://127.0.0.1:19201"
+  two=(--http "$gateways" --ws "$sockets" --metrics "$metrics")
   echo "== 7 processes; latency at $rate msg/s for $duration, every push across gateways (load average $(loadavg))"
   "${load[@]}" "${two[@]}" messages --rate "$rate" --duration "$duration"
   echo "== storage throughput: a burst offered at $burst msg/s for 5s (load average $(loadavg))"
