@@ -20,8 +20,11 @@ use crate::{BackendError, Database};
 const TTL: Duration = Duration::from_secs(10);
 /// Sessions cached at most (member lists are bounded by the group size limit).
 const CAPACITY: usize = 10_000;
-/// Deadline of connecting, subscribing, each ping and each announcement.
+/// Deadline of connecting, subscribing and each ping.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of an announcement: a friend removal waits for it (so the next send sees it), but
+/// not long where Redis cannot be reached.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The subscription proves itself alive this often.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -163,7 +166,7 @@ impl MembershipNotices {
             MembershipNotices::Redis { conn, channel } => {
                 let (mut conn, mut cmd) = (conn.clone(), redis::cmd("PUBLISH"));
                 cmd.arg(channel).arg(session);
-                match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
+                match tokio::time::timeout(ANNOUNCE_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "membership change not announced"),
                     Err(_) => tracing::warn!("membership change not announced: no answer"),
@@ -182,13 +185,21 @@ pub async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(5));
+    let mut failures = 0u64;
     while !*shutdown.borrow() {
         let cause = follow_once(&members, &client, &channel, &mut shutdown, &mut backoff).await;
+        let was_live = members.live.load(Ordering::Acquire);
         members.set_live(false);
         if *shutdown.borrow() {
             return;
         }
-        tracing::warn!(%cause, "membership changes not followed; reading members from the database");
+        // Once per outage (a process without a route to Redis would otherwise log forever).
+        failures = if was_live { 1 } else { failures + 1 };
+        if failures == 1 {
+            tracing::warn!(%cause, "membership changes not followed; reading members from the database");
+        } else {
+            tracing::debug!(%cause, "membership changes still not followed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff.step()) => {}
             _ = crate::stopped(&mut shutdown) => return,
