@@ -28,9 +28,12 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The subscription proves itself alive this often.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
+/// Members by session, with when they were read.
+type Cache = HashMap<String, (Instant, Arc<[String]>)>;
+
 pub struct SessionMembers {
     db: Database,
-    cache: std::sync::Mutex<HashMap<String, (Instant, Arc<[String]>)>>,
+    cache: std::sync::Mutex<Cache>,
     /// Bumped (under the cache lock) by every change heard: a read that began before one
     /// does not cache what it read.
     generation: AtomicU64,
@@ -44,7 +47,7 @@ impl SessionMembers {
         Arc::new(Self { db, cache: Default::default(), generation: AtomicU64::new(0), live: AtomicBool::new(false) })
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<[String]>)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
