@@ -349,6 +349,67 @@ if ((!DRY_RUN)); then
   wait_until 120 gateway_answers "http://127.0.0.1:$HTTP_PORT" || fail "the gateway does not answer on 127.0.0.1:$HTTP_PORT"
 fi
 
+step "the mesh from a pod: the gateway answers, an internal port does not (policy), and without the policies a call with no client certificate fails (mTLS)"
+# A throwaway pod in the ChatSystem's namespace (the chatmesh image: bash's /dev/tcp, openssl),
+# labelled as no ChatSystem component, so the policies admit it to the gateway's public ports only.
+if ((DRY_RUN)); then
+  run "$KUBECTL" -n "$NS" run mesh-probe --image "$IMAGE:$TAG" --image-pull-policy Never --restart Never --command -- sleep 900
+else
+  # The enforcement: kindnet's policy controller online, kube-network-policies in the air-gapped
+  # node image (e2e/kind/airgap/node/files/kind/manifests/default-cni.yaml).
+  if k -n kube-system get ds kube-network-policies >/dev/null 2>&1; then
+    k -n kube-system rollout status ds/kube-network-policies --timeout=120s >&2 ||
+      fail "kube-network-policies (NetworkPolicy enforcement) is not running"
+  fi
+  k -n "$NS" delete pod mesh-probe --ignore-not-found --wait=true >&2
+  k -n "$NS" run mesh-probe --image "$IMAGE:$TAG" --image-pull-policy Never --restart Never \
+    --labels chatmesh.io/role=mesh-probe --command -- sleep 900 >&2
+  k -n "$NS" wait --for=condition=Ready pod/mesh-probe --timeout=120s >&2 || fail "the probe pod did not start"
+  # probe SCRIPT [ARG...]: bash -c SCRIPT in the probe pod (ARGs are its $1...).
+  probe() { k -n "$NS" exec mesh-probe -- bash -c "$1" probe "${@:2}"; }
+  user_addr="$NAME-user:10003"
+  # (a) The gateway's public port answers (and reaches the user service behind it).
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  answer="$(probe 'exec 3<>"/dev/tcp/$2/9000" &&
+    printf "POST /service/user/username_login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" "${#1}" "$1" >&3 &&
+    timeout 10 cat <&3' '{"request_id":"kind","nickname":"nobody-kind","password":"nothing_1"}' "$NAME-gateway" 2>&1 || true)"
+  if ! grep -q '^HTTP/1.1 200' <<<"$answer" || ! grep -q '"success":false' <<<"$answer"; then
+    fail "(a) the gateway did not answer the probe pod: $answer"
+  fi
+  log "(a) from a pod: the gateway answers ($(head -1 <<<"$answer" | tr -d '\r'))"
+  # connect_rc HOST PORT: bash's exit code for a TCP connect within 5 s (124: timed out).
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  connect_rc() { local rc=0; probe 'timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2"' "$1" "$2" >/dev/null 2>&1 || rc=$?; echo "$rc"; }
+  user_connects() { [[ "$(connect_rc "$NAME-user" 10003)" == 0 ]]; }
+  policies() { k -n "$NS" get networkpolicy -l "app.kubernetes.io/instance=$NAME" -o name; }
+  no_policies() { ! policies | grep -q .; }
+  some_policies() { policies | grep -q .; }
+  # (b) The user service's gRPC port: the policy drops the connection (a timeout, not a refusal).
+  rc="$(connect_rc "$NAME-user" 10003)"
+  ((rc == 124)) || fail "(b) a connection from the probe pod to $user_addr did not time out (exit $rc: 0 = connected, 1 = refused): the NetworkPolicy is not enforced"
+  log "(b) from a pod: $user_addr times out (NetworkPolicy)"
+  # (c) Without the policies the port is reachable, and TLS without a client certificate fails.
+  k -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"networkPolicy":{"enabled":false}}}' >&2
+  wait_settled "networkPolicy.enabled=false"
+  wait_until 60 no_policies || fail "(c) the NetworkPolicies are still there: $(policies | tr '\n' ' ')"
+  wait_until 30 user_connects ||
+    fail "(c) with the NetworkPolicies deleted, $user_addr still does not accept a connection from the probe pod"
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  tls="$(probe 'printf "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" | timeout 10 openssl s_client -connect "$1:$2" -servername "$1" -alpn h2 2>&1' \
+    "$NAME-user" 10003 || true)"
+  grep -q '^CONNECTED' <<<"$tls" || fail "(c) openssl did not connect to $user_addr: $tls"
+  grep -q -i -E 'alert (certificate required|handshake failure|bad certificate)|alert number (116|40|42)' <<<"$tls" ||
+    fail "(c) TLS without a client certificate was not refused by $user_addr: $tls"
+  log "(c) without the policies: $user_addr refuses TLS without a client certificate ($(grep -m1 -i -o -E 'alert[^:]*' <<<"$tls"))"
+  k -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"networkPolicy":{"enabled":true}}}' >&2
+  wait_settled "networkPolicy.enabled=true"
+  wait_until 60 some_policies || fail "the NetworkPolicies did not come back"
+  rc="$(connect_rc "$NAME-user" 10003)"
+  ((rc == 124)) || fail "with the policies back, $user_addr did not time out again (exit $rc)"
+  log "policies back on: $user_addr times out again"
+  k -n "$NS" delete pod mesh-probe --wait=false >&2
+fi
+
 step "the end-to-end suite against the cluster (every real:: scenario)"
 if ((DRY_RUN)); then
   printf '  $ %s\n' "CHATMESH_E2E_GATEWAY_HTTP=http://127.0.0.1:$HTTP_PORT CHATMESH_E2E_GATEWAY_WS=ws://127.0.0.1:$WS_PORT CHATMESH_E2E_SMS_LISTEN=<kind network gateway>:$SMS_PORT cargo test -p chatmesh-e2e --locked --tests -- real::"
