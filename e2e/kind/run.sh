@@ -262,14 +262,14 @@ gateway_answers() { # gateway_answers BASE_URL: a login reaches the user service
   curl -sf -m 5 "$1/service/user/username_login" -H 'content-type: application/json' \
     -d '{"request_id":"kind","nickname":"nobody-kind","password":"nothing_1"}' | grep -q '"success":false'
 }
-# suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway. A test
-# that skips against the external gateway (support/mod.rs: it needs processes or flags of its
+# suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway (every
+# test binary runs, so one run shows every failure). A test that skips against the external gateway (support/mod.rs: it needs processes or flags of its
 # own) is a scenario that did not run in the cluster: that fails the run, with its reason.
 suite() {
   local out="$WORK/suite-$step_no.log" skipped passed
   CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
     CHATMESH_E2E_SMS_LISTEN="$SMS_HOST:$SMS_PORT" \
-    cargo test -p chatmesh-e2e --locked --tests -- --show-output "$@" 2>&1 | tee "$out" >&2 ||
+    cargo test -p chatmesh-e2e --locked --tests --no-fail-fast -- --show-output "$@" 2>&1 | tee "$out" >&2 ||
     fail "end-to-end tests failed: $* (output: $out)"
   passed="$(awk '/^test result:/ {n += $4} END {print n + 0}' "$out")"
   skipped="$(awk '/^---- .* stdout ----$/ {t = $2} /skipped against the external gateway/ {print "  " t ": " $0}' "$out")"
