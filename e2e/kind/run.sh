@@ -263,8 +263,9 @@ gateway_answers() { # gateway_answers BASE_URL: a login reaches the user service
     -d '{"request_id":"kind","nickname":"nobody-kind","password":"nothing_1"}' | grep -q '"success":false'
 }
 # suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway (every
-# test binary runs, so one run shows every failure). A test that skips against the external gateway (support/mod.rs: it needs processes or flags of its
-# own) is a scenario that did not run in the cluster: that fails the run, with its reason.
+# test binary runs, so one run shows every failure). A test that skips against the external
+# gateway (support/mod.rs: it needs processes or flags of its own) is a scenario that did not
+# run in the cluster: that fails the run, with its reason.
 suite() {
   local out="$WORK/suite-$step_no.log" skipped passed
   CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
@@ -400,7 +401,7 @@ else
   grep -q '^CONNECTED' <<<"$tls" || fail "(c) openssl did not connect to $user_addr: $tls"
   grep -q -i -E 'alert (certificate required|handshake failure|bad certificate)|alert number (116|40|42)' <<<"$tls" ||
     fail "(c) TLS without a client certificate was not refused by $user_addr: $tls"
-  log "(c) without the policies: $user_addr refuses TLS without a client certificate ($(grep -m1 -i -o -E 'alert[^:]*' <<<"$tls"))"
+  log "(c) without the policies: $user_addr refuses TLS without a client certificate ($(grep -i -o -E 'alert[^:]*' <<<"$tls" | head -1))"
   k -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"networkPolicy":{"enabled":true}}}' >&2
   wait_settled "networkPolicy.enabled=true"
   wait_until 60 some_policies || fail "the NetworkPolicies did not come back"
