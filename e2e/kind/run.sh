@@ -184,7 +184,8 @@ sms_host() {
 }
 
 # chatsystem TAG SMS_HOST: the example ChatSystem made fit for this run (local image, NodePort
-# gateway on the mapped ports, one gateway to start with, SMS through the suite's fake Aliyun).
+# gateway on the mapped ports, one gateway to start with, SMS through the suite's fake Aliyun,
+# backups on: the day-2 step restores one).
 chatsystem_base() {
   local tag=$1 sms_host=$2 infra="" server var image
   for server in mysql redis rabbitmq elasticsearch; do
@@ -201,7 +202,8 @@ chatsystem_base() {
       },
       \"gateway\": {\"service\": {\"type\": \"NodePort\", \"httpNodePort\": 30900, \"websocketNodePort\": 30901}},
       \"sms\": {\"provider\": \"aliyun\", \"signName\": \"chatmesh\", \"templateCode\": \"SMS_0001\",
-        \"endpoint\": \"http://$sms_host:$SMS_PORT\", \"credentialsSecret\": \"$NAME-sms\"}$infra
+        \"endpoint\": \"http://$sms_host:$SMS_PORT\", \"credentialsSecret\": \"$NAME-sms\"},
+      \"backup\": {}$infra
     }}"
 }
 
@@ -278,6 +280,16 @@ suite() {
 $skipped"
   ((passed > 0)) || fail "no test matched $*"
   log "$passed tests passed in the cluster ($*)"
+}
+# day2_test NAME: one test of e2e/tests/cluster.rs (alone: each disrupts the whole system), with
+# e2e/kind/day2.sh as its day-2 operations.
+day2_test() {
+  local out="$WORK/day2-$1.log"
+  CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
+    CHATMESH_E2E_DAY2="bash $ROOT/e2e/kind/day2.sh" KUBECTL="$KUBECTL" CHATMESH_KIND_NS="$NS" CHATMESH_KIND_NAME="$NAME" \
+    cargo test -p chatmesh-e2e --locked --test cluster -- --exact "$1" --nocapture 2>&1 | tee "$out" >&2 ||
+    fail "$1 failed (output: $out)"
+  if ! grep -q 'test result: ok. 1 passed' "$out" || grep -q '^skipped:' "$out"; then fail "$1 did not run (output: $out)"; fi
 }
 # The short scenario after each change: accounts, friends, every message type.
 short_scenario() {
@@ -433,6 +445,25 @@ if ((DRY_RUN)); then
   printf '  $ %s\n' "node web/tests/smoke.mjs http://127.0.0.1:$HTTP_PORT"
 else
   node web/tests/smoke.mjs "http://127.0.0.1:$HTTP_PORT" >&2 || fail "the web client did not load or log in"
+fi
+
+step "delete the transmit and message pods during a stream of sends: nothing acknowledged is lost"
+if ((DRY_RUN)); then
+  run bash e2e/kind/day2.sh delete-pods
+else
+  day2_test pods_deleted_mid_stream_lose_nothing_acknowledged
+  wait_settled "transmit and message pods replaced"
+fi
+
+step "back up (a Job from the operator's CronJob), drop the message table, restore as operator/README.md says: the history is back"
+if ((DRY_RUN)); then
+  run bash e2e/kind/day2.sh backup
+  run bash e2e/kind/day2.sh drop-table message
+  run bash e2e/kind/day2.sh restore chatmesh-YYYYmmddTHHMMSSZ.sql.gz
+else
+  day2_test backup_then_dropped_table_then_restore_brings_history_back
+  wait_settled "restored and resumed"
+  wait_until 120 gateway_answers "http://127.0.0.1:$HTTP_PORT" || fail "the gateway does not answer after the restore"
 fi
 
 step "scale the gateway to 2; pushes cross between the two pods"
