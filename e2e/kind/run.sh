@@ -490,9 +490,10 @@ if ((!DRY_RUN)); then
 fi
 
 step "change a configuration value (SMS template: every service's ConfigMap, so every pod rolls)"
+# (The hash before the patch: the operator may have applied the change before a read after it.)
+((DRY_RUN)) || before="$(k -n "$NS" get deploy "$NAME-user" -o jsonpath='{.spec.template.metadata.annotations.chatmesh\.io/config-hash}')"
 run "$KUBECTL" -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"sms":{"templateCode":"SMS_0002"}}}'
 if ((!DRY_RUN)); then
-  before="$(k -n "$NS" get deploy "$NAME-user" -o jsonpath='{.spec.template.metadata.annotations.chatmesh\.io/config-hash}')"
   wait_settled "templateCode SMS_0002"
   after="$(k -n "$NS" get deploy "$NAME-user" -o jsonpath='{.spec.template.metadata.annotations.chatmesh\.io/config-hash}')"
   [[ "$before" != "$after" ]] || fail "the configuration change did not change the pods' config hash"
