@@ -42,13 +42,9 @@ fn setting() -> Option<Setting> {
 async fn day2(s: &Setting, args: &[&str]) -> String {
     eprintln!("day-2 operation: {} {}", s.day2, args.join(" "));
     let script = format!("{} \"$@\"", s.day2);
-    let out = tokio::process::Command::new("bash")
-        .args(["-c", &script, "day2"])
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::process::Command::new("bash").args(["-c", &script, "day2"]).args(args).output().await.unwrap();
+    // `output()` captures both streams: the operation's diagnostics go on with the test's.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the day-2 operation {args:?} failed: {}", out.status);
     String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
 }
