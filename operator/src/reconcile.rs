@@ -489,6 +489,18 @@ where
     Ok(list.items)
 }
 
+/// Whether `current` still has the replica count that `desired` sets (if it sets one). A scale
+/// write is not counted as drift in `versions` (an autoscaler's), but when the desired object
+/// carries `replicas` (no autoscaler), `kubectl scale` (the restore path of the README scales the
+/// services to 0) is drift like any edit, undone once the system is resumed.
+fn replicas_kept<K: Serialize>(desired: &K, current: &serde_json::Value) -> bool {
+    let desired = serde_json::to_value(desired).ok();
+    match desired.as_ref().and_then(|d| d.pointer("/spec/replicas")) {
+        Some(replicas) => current.pointer("/spec/replicas") == Some(replicas),
+        None => true,
+    }
+}
+
 /// Annotation holding the hash of the object as last applied: an unchanged desired object is
 /// not applied again.
 pub const APPLIED_HASH_ANNOTATION: &str = "chatmesh.io/applied-hash";
@@ -683,6 +695,7 @@ impl Applier<'_> {
         let hash = build::hash_of(obj);
         if let Some((applied_hash, current)) = self.seen.get(&(kind, name.clone()))
             && *applied_hash == hash
+            && replicas_kept(obj, current)
             && let Ok(current) = serde_json::from_value::<K>(current.clone())
         {
             return Ok(current);
