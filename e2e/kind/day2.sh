@@ -1,66 +1,68 @@
-# shellcheck shell=bash disable=SC2153 # NAME, IMAGE, ...: run.sh's settings
-# The day-two steps of the kind run (issue 13), sourced by run.sh, whose helpers they use (step,
-# run, k, log, fail, wait_settled, short_scenario, build_image and its settings). run.sh calls
-# day2_steps after the configuration change, in place of a plain image upgrade:
+#!/usr/bin/env bash
+# Day-2 operations on the kind run's ChatSystem, called by the end-to-end tests in
+# e2e/tests/cluster.rs in the middle of their scenarios (e2e/kind/run.sh passes this script to
+# them as CHATMESH_E2E_DAY2). Each prints diagnostics on stderr; `backup` prints the dump's name.
 #
-#   drain        the message path's pods (gateway, transmit, message) are deleted during a stream
-#                of sends: every acknowledged message is stored exactly once
-#   backup       the operator's backup CronJob, run now; a table dropped; the documented restore
-#                (operator/README.md, "Backups"): the history is back
-#   upgrade      to <tag>-next, which carries one test-only migration (e2e/kind/next-migration/):
-#                a real schema change, after a backup
-#   rollback     the documented path (operator/README.md, "Upgrades"): paused, the pre-upgrade
-#                backup restored, the old tag pinned, unpaused: the old migration Job succeeds,
-#                the services run the old image with the pre-upgrade history
+#   day2.sh delete-pods         delete the transmit and message pods (graceful) and wait until
+#                               their replacements are ready
+#   day2.sh backup              run a backup now: a Job from the operator's CronJob <name>-backup
+#   day2.sh drop-table TABLE    DROP TABLE in the managed MariaDB (the disaster to restore from)
+#   day2.sh restore DUMP        the restore path of operator/README.md ("Backups"): pause the
+#                               ChatSystem, scale its services to 0, run the restore Job, resume
 #
-# The checks that talk to the system are the tests of e2e/tests/kind_day2.rs.
-# `CHATMESH_KIND_STEPS=day2 run.sh --keep` runs only these steps (after the install) on a
-# cluster made by an earlier run (see e2e/kind/README.md).
+# Environment (run.sh sets it): KUBECTL, KUBECONFIG, CHATMESH_KIND_NS [chat], CHATMESH_KIND_NAME [chat].
+set -euo pipefail
+INFRA_NAME=kind-day2
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source-path=SCRIPTDIR source=../infra/lib.sh
+source "$ROOT/e2e/infra/lib.sh"
+KUBECTL="${KUBECTL:-kubectl}"
+NS="${CHATMESH_KIND_NS:-chat}"
+NAME="${CHATMESH_KIND_NAME:-chat}"
+k() { "$KUBECTL" -n "$NS" "$@"; }
+sel="app.kubernetes.io/instance=$NAME"
 
-DAY2_HISTORY="$WORK/day2-history.json"
-DAY2_SERVICES="app.kubernetes.io/instance=$NAME,app.kubernetes.io/part-of=chatmesh"
-DAY2_SERVICE_PODS="$DAY2_SERVICES,app.kubernetes.io/component in (gateway,user,friend,file,message,transmit,speech)"
-
-# day2_test TEST [VAR=VALUE...]: one test of e2e/tests/kind_day2.rs against the NodePort gateway.
-day2_test() {
-  local name=$1 out="$WORK/day2-$1.log"
-  shift
-  if ((DRY_RUN)); then
-    printf '  $ %s\n' "$* cargo test -p chatmesh-e2e --test kind_day2 -- --exact $name"
-    return
-  fi
-  env "$@" CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
-    cargo test -p chatmesh-e2e --locked --test kind_day2 -- --exact "$name" --nocapture 2>&1 | tee "$out" >&2 ||
-    fail "kind_day2::$name failed (output: $out)"
-  grep -q '^test result: ok. 1 passed' "$out" || fail "kind_day2::$name did not run (output: $out)"
-}
-
-# day2_sql SQL: one statement in the managed MariaDB's chatmesh database, as root; prints the rows.
-day2_sql() {
+# mysql_exec SQL: as root in the managed MariaDB's pod.
+mysql_exec() {
   # shellcheck disable=SC2016 # expanded in the pod
-  k -n "$NS" exec "$NAME-mysql-0" -- sh -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root -N -B chatmesh -e "$1"' \
-    sh "$1"
+  k exec "$NAME-mysql-0" -- bash -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root chatmesh -e "$1"' mysql "$1"
 }
 
-# day2_backup JOB: runs the backup CronJob now as JOB; sets DAY2_DUMP to the dump it wrote.
-day2_backup() {
-  run "$KUBECTL" -n "$NS" create job --from="cronjob/$NAME-backup" "$1"
-  ((DRY_RUN)) && return
-  k -n "$NS" wait --for=condition=complete "job/$1" --timeout=10m >&2 || fail "the backup job $1 did not complete"
-  # The job lists the claim after its dump; the names sort by time, the newest is this one's.
-  DAY2_DUMP="$(k -n "$NS" logs "job/$1" | grep -oE 'chatmesh-[0-9]{8}T[0-9]{6}Z\.sql\.gz' | tail -1)"
-  [[ -n "$DAY2_DUMP" ]] || fail "the backup job $1 names no dump in its log"
-  log "backup $1 wrote $DAY2_DUMP"
-}
-
-# day2_restore_job DUMP: the restore Job of operator/README.md ("Backups"), for this system.
-day2_restore_job() {
-  local image
-  image="$(k -n "$NS" get statefulset "$NAME-mysql" -o jsonpath='{.spec.template.spec.containers[0].image}')"
-  cat <<EOF
+case "${1:-}" in
+  delete-pods)
+    pods="$sel,app.kubernetes.io/component in (transmit,message)"
+    log "deleting $(k get pods -l "$pods" -o name | tr '\n' ' ')"
+    k delete pod -l "$pods" --wait=true >&2
+    for d in transmit message; do k rollout status "deploy/$NAME-$d" --timeout=300s >&2; done
+    ;;
+  backup)
+    job="$NAME-backup-$(date +%s)"
+    k get cronjob "$NAME-backup" >/dev/null || die "no CronJob $NAME-backup (spec.backup unset?)"
+    k create job "$job" --from="cronjob/$NAME-backup" >&2
+    k wait --for=condition=complete "job/$job" --timeout=300s >&2 || die "the backup Job $job did not complete: $(k logs "job/$job" --tail=20 2>&1)"
+    dump="$(k logs "job/$job" | grep -o "chatmesh-[0-9]*T[0-9]*Z\.sql\.gz" | sort | tail -1)"
+    [[ -n "$dump" ]] || die "the backup Job's log names no dump: $(k logs "job/$job" 2>&1)"
+    log "backup $dump written by job/$job"
+    echo "$dump"
+    ;;
+  drop-table)
+    [[ "${2:-}" =~ ^[a-z_]+$ ]] || die "drop-table TABLE (a table name)"
+    mysql_exec "DROP TABLE $2"
+    log "dropped table $2"
+    ;;
+  restore)
+    [[ "${2:-}" =~ ^chatmesh-[0-9TZ]+\.sql\.gz$ ]] || die "restore DUMP (a dump's file name, from backup)"
+    image="$(k get statefulset "$NAME-mysql" -o jsonpath='{.spec.template.spec.containers[0].image}')"
+    k patch chatsystem "$NAME" --type merge -p '{"spec":{"paused":true}}' >&2
+    k scale deploy -l "$sel,app.kubernetes.io/part-of=chatmesh" --replicas=0 >&2
+    wait_until 120 bash -c "! $KUBECTL -n $NS get pods -l '$sel,app.kubernetes.io/component in (gateway,user,friend,file,message,transmit,speech)' -o name | grep -q ." ||
+      die "the services' pods did not stop"
+    job="$NAME-restore-$(date +%s)"
+    # The Job of operator/README.md, with this run's names and image.
+    k apply -f - >&2 <<EOF
 apiVersion: batch/v1
 kind: Job
-metadata: {name: $NAME-restore}
+metadata: {name: $job}
 spec:
   backoffLimit: 0
   template:
@@ -74,154 +76,18 @@ spec:
           image: $image
           command: ["/bin/sh", "-c", "gunzip -c /backups/\$DUMP | mariadb --host=$NAME-mysql --user=root"]
           env:
-            - {name: DUMP, value: $1}
+            - {name: DUMP, value: $2}
             - name: MYSQL_PWD
               valueFrom: {secretKeyRef: {name: $NAME-credentials, key: mysql-root-password}}
           volumeMounts: [{name: backups, mountPath: /backups, readOnly: true}]
       volumes: [{name: backups, persistentVolumeClaim: {claimName: $NAME-backups}}]
 EOF
-}
-
-observed() { # the operator has seen the latest spec
-  [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.metadata.generation}')" == \
-    "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.observedGeneration}')" ]]
-}
-no_service_pods() { ! k -n "$NS" get pods -l "$DAY2_SERVICE_PODS" -o name | grep -q .; }
-
-# day2_restore DUMP: the documented restore, up to (not including) the unpause: paused, the
-# services scaled to 0, the restore Job run.
-day2_restore() {
-  run "$KUBECTL" -n "$NS" patch chat "$NAME" --type merge -p '{"spec":{"paused":true}}'
-  ((DRY_RUN)) || wait_until 120 observed || fail "the operator did not see spec.paused"
-  run "$KUBECTL" -n "$NS" scale deploy -l "$DAY2_SERVICES" --replicas=0
-  if ((DRY_RUN)); then
-    run "$KUBECTL" -n "$NS" apply -f restore.yaml
-    return
-  fi
-  wait_until 300 no_service_pods || fail "the services' pods did not stop"
-  day2_restore_job "$1" >"$WORK/restore.yaml"
-  k -n "$NS" delete job "$NAME-restore" --ignore-not-found >&2
-  k -n "$NS" apply -f "$WORK/restore.yaml" >&2
-  k -n "$NS" wait --for=condition=complete "job/$NAME-restore" --timeout=30m >&2 ||
-    fail "the restore job failed: $(k -n "$NS" logs "job/$NAME-restore" --tail=20 2>&1)"
-  # Not a child of the ChatSystem (step 14 checks that none is left): deleted when done.
-  k -n "$NS" delete job "$NAME-restore" --cascade=foreground >&2
-  log "restored $1"
-}
-
-day2_drain() {
-  step "drain: the pods of gateway, transmit and message deleted during a stream of sends; every acknowledged one stored once"
-  # A single-node cluster has no other node to drain to: the pods are deleted instead (as a
-  # drain evicts them), all at once, while four senders keep sending.
-  day2_test stream_survives_disruption CHATMESH_E2E_KIND_DISRUPT="$KUBECTL -n $NS delete pod --wait=false \
--l '$DAY2_SERVICES,app.kubernetes.io/component in (gateway,transmit,message)'"
-  ((DRY_RUN)) || wait_settled "after the pods' deletion"
-}
-
-day2_backup_restore() {
-  step "back up (the operator's CronJob, run now), drop the message table, restore: the history is back"
-  run "$KUBECTL" -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"backup":{"size":"1Gi"}}}'
-  if ((!DRY_RUN)); then
-    wait_settled "spec.backup"
-    k -n "$NS" get cronjob "$NAME-backup" >/dev/null || fail "no CronJob $NAME-backup"
-  fi
-  day2_test record_history CHATMESH_E2E_KIND_HISTORY="$DAY2_HISTORY"
-  day2_backup "$NAME-backup-day2"
-  if ((DRY_RUN)); then printf '  $ %s\n' "mariadb -e 'DROP TABLE message' (in $NAME-mysql-0)"; else
-    day2_sql "DROP TABLE message"
-    ! day2_sql "SELECT 1 FROM message LIMIT 1" >/dev/null 2>&1 || fail "the message table is still there"
-  fi
-  day2_restore "${DAY2_DUMP:-chatmesh-<time>.sql.gz}"
-  run "$KUBECTL" -n "$NS" patch chat "$NAME" --type merge -p '{"spec":{"paused":false}}'
-  ((DRY_RUN)) || wait_settled "unpaused after the restore"
-  day2_test history_is_back CHATMESH_E2E_KIND_HISTORY="$DAY2_HISTORY"
-}
-
-migrations() { day2_sql "SELECT version FROM _sqlx_migrations ORDER BY version" | tr '\n' ' '; }
-next_column() {
-  day2_sql "SELECT COUNT(*) FROM information_schema.columns
-    WHERE table_schema = 'chatmesh' AND table_name = 'message' AND column_name = 'kind_next_note'"
-}
-runs_image() { # runs_image IMAGE: every Deployment of the system and status.version
-  local dep
-  [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.version}')" == "${1##*:}" ]] ||
-    fail "status.version is not ${1##*:}"
-  for dep in $(k -n "$NS" get deploy -l "app.kubernetes.io/instance=$NAME" -o name); do
-    [[ "$(k -n "$NS" get "$dep" -o jsonpath='{.spec.template.spec.containers[0].image}')" == "$1" ]] ||
-      fail "$dep is not on $1"
-  done
-}
-
-day2_upgrade() {
-  step "upgrade to $NEXT_TAG: a real schema change (e2e/kind/next-migration/), after a backup"
-  if ((PREBUILT)); then
-    ((DRY_RUN)) || docker image inspect "$IMAGE:$NEXT_TAG" >/dev/null 2>&1 ||
-      fail "no image $IMAGE:$NEXT_TAG (e2e/kind/airgap/build.sh apps builds it)"
-  else
-    local plain=("${build_args[@]}")
-    build_args+=(--build-arg CARGO_FEATURES=chatmesh-common/kind-next-migration)
-    build_image services/chatmesh/Dockerfile "$IMAGE:$NEXT_TAG"
-    build_args=("${plain[@]}")
-  fi
-  run "$KIND" load docker-image --name "$CLUSTER" "$IMAGE:$NEXT_TAG"
-  day2_test record_history CHATMESH_E2E_KIND_HISTORY="$DAY2_HISTORY"
-  # The rollback's way back (operator/README.md, "Upgrades", step 1).
-  day2_backup "$NAME-pre-upgrade"
-  DAY2_PRE_UPGRADE_DUMP="${DAY2_DUMP:-chatmesh-<time>.sql.gz}"
-  ((DRY_RUN)) || DAY2_MIGRATIONS="$(migrations)"
-  run "$KUBECTL" -n "$NS" patch chatsystem "$NAME" --type merge -p "{\"spec\":{\"image\":{\"tag\":\"$NEXT_TAG\"}}}"
-  ((DRY_RUN)) && return
-  wait_settled "image $NEXT_TAG"
-  runs_image "$IMAGE:$NEXT_TAG"
-  [[ "$(next_column)" == 1 ]] || fail "the -next migration did not add message.kind_next_note"
-  [[ "$(migrations)" == "${DAY2_MIGRATIONS}9000 " ]] ||
-    fail "_sqlx_migrations after the upgrade: $(migrations) (before: $DAY2_MIGRATIONS)"
-  log "schema changed: migrations $(migrations)"
-  short_scenario
-  # Sent on the new version, after the backup: the rollback loses it (as documented).
-  day2_test record_history_to_lose CHATMESH_E2E_KIND_HISTORY="$DAY2_HISTORY"
-}
-
-old_migration_succeeded() {
-  k -n "$NS" get jobs -l "app.kubernetes.io/instance=$NAME,app.kubernetes.io/component=migrate" \
-    -o jsonpath='{range .items[*]}{.spec.template.spec.containers[0].image} {.status.succeeded}{"\n"}{end}' |
-    grep -qx "$IMAGE:$TAG 1"
-}
-
-day2_rollback() {
-  step "roll back to $TAG: paused, the pre-upgrade backup restored, $TAG pinned, unpaused"
-  day2_restore "${DAY2_PRE_UPGRADE_DUMP:-chatmesh-<time>.sql.gz}"
-  run "$KUBECTL" -n "$NS" patch chat "$NAME" --type merge -p "{\"spec\":{\"image\":{\"tag\":\"$TAG\"}}}"
-  run "$KUBECTL" -n "$NS" patch chat "$NAME" --type merge -p '{"spec":{"paused":false}}'
-  ((DRY_RUN)) && return
-  wait_settled "rolled back to $TAG"
-  old_migration_succeeded || fail "no succeeded migration Job of $IMAGE:$TAG"
-  runs_image "$IMAGE:$TAG"
-  [[ "$(next_column)" == 0 ]] || fail "message.kind_next_note is still there after the restore"
-  [[ "$(migrations)" == "$DAY2_MIGRATIONS" ]] ||
-    fail "_sqlx_migrations after the rollback: $(migrations) (before the upgrade: $DAY2_MIGRATIONS)"
-  log "rolled back: the old migration Job succeeded, migrations $(migrations)"
-  day2_test history_is_back CHATMESH_E2E_KIND_HISTORY="$DAY2_HISTORY"
-  short_scenario
-}
-
-# CHATMESH_KIND_STEPS=day2: after the install, the tests compiled and an account for the short
-# scenarios (step 6's), then the day-two steps alone.
-day2_only() {
-  if ((!DRY_RUN)); then
-    phase "compile the end-to-end tests (started in the background before step 1)"
-    wait "$CARGO_BUILD_PID" || { CARGO_BUILD_PID=""; die "compiling the end-to-end tests failed" "$WORK/cargo-build.log"; }
-    CARGO_BUILD_PID=""
-    curl -sf "http://127.0.0.1:$HTTP_PORT/service/user/username_register" -H 'content-type: application/json' \
-      -d "{\"request_id\":\"kind\",\"nickname\":\"$KEEPER\",\"password\":\"keeper_pass1\"}" | grep -q '"success":true' ||
-      fail "could not register $KEEPER"
-  fi
-  day2_steps
-}
-
-day2_steps() {
-  day2_drain
-  day2_backup_restore
-  day2_upgrade
-  day2_rollback
-}
+    k wait --for=condition=complete "job/$job" --timeout=600s >&2 ||
+      die "the restore Job $job did not complete: $(k logs "job/$job" --tail=20 2>&1)"
+    # (No owner: the Job would outlive the ChatSystem.)
+    k delete job "$job" --wait=true >&2
+    k patch chatsystem "$NAME" --type merge -p '{"spec":{"paused":false}}' >&2
+    log "restored $2 (job/$job, deleted); the ChatSystem resumed"
+    ;;
+  *) die "usage: day2.sh delete-pods | backup | drop-table TABLE | restore DUMP" ;;
+esac

@@ -31,7 +31,7 @@
 #   CHATMESH_KIND_SMS_PORT       port of the fake SMS endpoint on the host [18090]
 #   CHATMESH_KIND_HTTP_PORT, CHATMESH_KIND_WS_PORT
 #                                the host ports of the gateway's NodePorts [9000, 9001]
-#   CHATMESH_KIND_STEPS          day2: after the install, only the day-two steps (e2e/kind/day2.sh)
+#   CHATMESH_KIND_STEPS          upgrade: after the install, only the upgrade steps (e2e/kind/upgrade.sh)
 #   CHATMESH_KIND_PREBUILT       1: use $CHATMESH_KIND_IMAGE:<tag> and the operator's image as they
 #                                are in Docker, built beforehand (e2e/kind/airgap/build.sh), instead
 #                                of building them; the upgrade needs <tag>-next as well
@@ -189,7 +189,8 @@ sms_host() {
 }
 
 # chatsystem TAG SMS_HOST: the example ChatSystem made fit for this run (local image, NodePort
-# gateway on the mapped ports, one gateway to start with, SMS through the suite's fake Aliyun).
+# gateway on the mapped ports, one gateway to start with, SMS through the suite's fake Aliyun,
+# backups on: the day-2 step restores one).
 chatsystem_base() {
   local tag=$1 sms_host=$2 infra="" server var image
   for server in mysql redis rabbitmq elasticsearch; do
@@ -206,7 +207,8 @@ chatsystem_base() {
       },
       \"gateway\": {\"service\": {\"type\": \"NodePort\", \"httpNodePort\": 30900, \"websocketNodePort\": 30901}},
       \"sms\": {\"provider\": \"aliyun\", \"signName\": \"chatmesh\", \"templateCode\": \"SMS_0001\",
-        \"endpoint\": \"http://$sms_host:$SMS_PORT\", \"credentialsSecret\": \"$NAME-sms\"}$infra
+        \"endpoint\": \"http://$sms_host:$SMS_PORT\", \"credentialsSecret\": \"$NAME-sms\"},
+      \"backup\": {}$infra
     }}"
 }
 
@@ -267,14 +269,15 @@ gateway_answers() { # gateway_answers BASE_URL: a login reaches the user service
   curl -sf -m 5 "$1/service/user/username_login" -H 'content-type: application/json' \
     -d '{"request_id":"kind","nickname":"nobody-kind","password":"nothing_1"}' | grep -q '"success":false'
 }
-# suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway. A test
-# that skips against the external gateway (support/mod.rs: it needs processes or flags of its
-# own) is a scenario that did not run in the cluster: that fails the run, with its reason.
+# suite FILTER...: the end-to-end tests whose names match, against the NodePort gateway (every
+# test binary runs, so one run shows every failure). A test that skips against the external
+# gateway (support/mod.rs: it needs processes or flags of its own) is a scenario that did not
+# run in the cluster: that fails the run, with its reason.
 suite() {
   local out="$WORK/suite-$step_no.log" skipped passed
   CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
     CHATMESH_E2E_SMS_LISTEN="$SMS_HOST:$SMS_PORT" \
-    cargo test -p chatmesh-e2e --locked --tests -- --show-output "$@" 2>&1 | tee "$out" >&2 ||
+    cargo test -p chatmesh-e2e --locked --tests --no-fail-fast -- --show-output "$@" 2>&1 | tee "$out" >&2 ||
     fail "end-to-end tests failed: $* (output: $out)"
   passed="$(awk '/^test result:/ {n += $4} END {print n + 0}' "$out")"
   skipped="$(awk '/^---- .* stdout ----$/ {t = $2} /skipped against the external gateway/ {print "  " t ": " $0}' "$out")"
@@ -282,6 +285,16 @@ suite() {
 $skipped"
   ((passed > 0)) || fail "no test matched $*"
   log "$passed tests passed in the cluster ($*)"
+}
+# day2_test NAME: one test of e2e/tests/cluster.rs (alone: each disrupts the whole system), with
+# e2e/kind/day2.sh as its day-2 operations.
+day2_test() {
+  local out="$WORK/day2-$1.log"
+  CHATMESH_E2E_GATEWAY_HTTP="http://127.0.0.1:$HTTP_PORT" CHATMESH_E2E_GATEWAY_WS="ws://127.0.0.1:$WS_PORT" \
+    CHATMESH_E2E_DAY2="bash $ROOT/e2e/kind/day2.sh" KUBECTL="$KUBECTL" CHATMESH_KIND_NS="$NS" CHATMESH_KIND_NAME="$NAME" \
+    cargo test -p chatmesh-e2e --locked --test cluster -- --exact "$1" --nocapture 2>&1 | tee "$out" >&2 ||
+    fail "$1 failed (output: $out)"
+  if ! grep -q 'test result: ok. 1 passed' "$out" || grep -q '^skipped:' "$out"; then fail "$1 did not run (output: $out)"; fi
 }
 # The short scenario after each change: accounts, friends, every message type.
 short_scenario() {
@@ -293,8 +306,8 @@ short_scenario() {
     fail "the account $KEEPER made before the change no longer logs in"
 }
 KEEPER="keeper$(date +%s)"
-# shellcheck source-path=SCRIPTDIR source=day2.sh
-source "$ROOT/e2e/kind/day2.sh"
+# shellcheck source-path=SCRIPTDIR source=upgrade.sh
+source "$ROOT/e2e/kind/upgrade.sh"
 
 # ---- the run -------------------------------------------------------------------------------
 step "kind cluster $CLUSTER (kind $KIND_VERSION, kind-config.yaml)"
@@ -355,7 +368,68 @@ if ((!DRY_RUN)); then
   wait_settled "first install"
   wait_until 120 gateway_answers "http://127.0.0.1:$HTTP_PORT" || fail "the gateway does not answer on 127.0.0.1:$HTTP_PORT"
 fi
-[[ "${CHATMESH_KIND_STEPS:-all}" != day2 ]] || { day2_only; exit 0; }
+[[ "${CHATMESH_KIND_STEPS:-all}" != upgrade ]] || { upgrade_only; exit 0; }
+
+step "the mesh from a pod: the gateway answers, an internal port does not (policy), and without the policies a call with no client certificate fails (mTLS)"
+# A throwaway pod in the ChatSystem's namespace (the chatmesh image: bash's /dev/tcp, openssl),
+# labelled as no ChatSystem component, so the policies admit it to the gateway's public ports only.
+if ((DRY_RUN)); then
+  run "$KUBECTL" -n "$NS" run mesh-probe --image "$IMAGE:$TAG" --image-pull-policy Never --restart Never --command -- sleep 900
+else
+  # The enforcement: kindnet's policy controller online, kube-network-policies in the air-gapped
+  # node image (e2e/kind/airgap/node/files/kind/manifests/default-cni.yaml).
+  if k -n kube-system get ds kube-network-policies >/dev/null 2>&1; then
+    k -n kube-system rollout status ds/kube-network-policies --timeout=120s >&2 ||
+      fail "kube-network-policies (NetworkPolicy enforcement) is not running"
+  fi
+  k -n "$NS" delete pod mesh-probe --ignore-not-found --wait=true >&2
+  k -n "$NS" run mesh-probe --image "$IMAGE:$TAG" --image-pull-policy Never --restart Never \
+    --labels chatmesh.io/role=mesh-probe --command -- sleep 900 >&2
+  k -n "$NS" wait --for=condition=Ready pod/mesh-probe --timeout=120s >&2 || fail "the probe pod did not start"
+  # probe SCRIPT [ARG...]: bash -c SCRIPT in the probe pod (ARGs are its $1...).
+  probe() { k -n "$NS" exec mesh-probe -- bash -c "$1" probe "${@:2}"; }
+  user_addr="$NAME-user:10003"
+  # (a) The gateway's public port answers (and reaches the user service behind it).
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  answer="$(probe 'exec 3<>"/dev/tcp/$2/9000" &&
+    printf "POST /service/user/username_login HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" "${#1}" "$1" >&3 &&
+    timeout 10 cat <&3' '{"request_id":"kind","nickname":"nobody-kind","password":"nothing_1"}' "$NAME-gateway" 2>&1 || true)"
+  if ! grep -q '^HTTP/1.1 200' <<<"$answer" || ! grep -q '"success":false' <<<"$answer"; then
+    fail "(a) the gateway did not answer the probe pod: $answer"
+  fi
+  log "(a) from a pod: the gateway answers ($(head -1 <<<"$answer" | tr -d '\r'))"
+  # connect_rc HOST PORT: bash's exit code for a TCP connect within 5 s (124: timed out).
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  connect_rc() { local rc=0; probe 'timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2"' "$1" "$2" >/dev/null 2>&1 || rc=$?; echo "$rc"; }
+  user_connects() { [[ "$(connect_rc "$NAME-user" 10003)" == 0 ]]; }
+  policies() { k -n "$NS" get networkpolicy -l "app.kubernetes.io/instance=$NAME" -o name; }
+  no_policies() { ! policies | grep -q .; }
+  some_policies() { policies | grep -q .; }
+  # (b) The user service's gRPC port: the policy drops the connection (a timeout, not a refusal).
+  rc="$(connect_rc "$NAME-user" 10003)"
+  ((rc == 124)) || fail "(b) a connection from the probe pod to $user_addr did not time out (exit $rc: 0 = connected, 1 = refused): the NetworkPolicy is not enforced"
+  log "(b) from a pod: $user_addr times out (NetworkPolicy)"
+  # (c) Without the policies the port is reachable, and TLS without a client certificate fails.
+  k -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"networkPolicy":{"enabled":false}}}' >&2
+  wait_settled "networkPolicy.enabled=false"
+  wait_until 60 no_policies || fail "(c) the NetworkPolicies are still there: $(policies | tr '\n' ' ')"
+  wait_until 30 user_connects ||
+    fail "(c) with the NetworkPolicies deleted, $user_addr still does not accept a connection from the probe pod"
+  # shellcheck disable=SC2016 # expanded by the pod's bash
+  tls="$(probe 'printf "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" | timeout 10 openssl s_client -connect "$1:$2" -servername "$1" -alpn h2 2>&1' \
+    "$NAME-user" 10003 || true)"
+  grep -q '^CONNECTED' <<<"$tls" || fail "(c) openssl did not connect to $user_addr: $tls"
+  grep -q -i -E 'alert (certificate required|handshake failure|bad certificate)|alert number (116|40|42)' <<<"$tls" ||
+    fail "(c) TLS without a client certificate was not refused by $user_addr: $tls"
+  log "(c) without the policies: $user_addr refuses TLS without a client certificate ($(grep -i -o -E 'alert[^:]*' <<<"$tls" | head -1))"
+  k -n "$NS" patch chatsystem "$NAME" --type merge -p '{"spec":{"networkPolicy":{"enabled":true}}}' >&2
+  wait_settled "networkPolicy.enabled=true"
+  wait_until 60 some_policies || fail "the NetworkPolicies did not come back"
+  rc="$(connect_rc "$NAME-user" 10003)"
+  ((rc == 124)) || fail "with the policies back, $user_addr did not time out again (exit $rc)"
+  log "policies back on: $user_addr times out again"
+  k -n "$NS" delete pod mesh-probe --wait=false >&2
+fi
 
 step "the end-to-end suite against the cluster (every real:: scenario)"
 if ((DRY_RUN)); then
@@ -379,6 +453,25 @@ if ((DRY_RUN)); then
   printf '  $ %s\n' "node web/tests/smoke.mjs http://127.0.0.1:$HTTP_PORT"
 else
   node web/tests/smoke.mjs "http://127.0.0.1:$HTTP_PORT" >&2 || fail "the web client did not load or log in"
+fi
+
+step "delete the transmit and message pods during a stream of sends: nothing acknowledged is lost"
+if ((DRY_RUN)); then
+  run bash e2e/kind/day2.sh delete-pods
+else
+  day2_test pods_deleted_mid_stream_lose_nothing_acknowledged
+  wait_settled "transmit and message pods replaced"
+fi
+
+step "back up (a Job from the operator's CronJob), drop the message table, restore as operator/README.md says: the history is back"
+if ((DRY_RUN)); then
+  run bash e2e/kind/day2.sh backup
+  run bash e2e/kind/day2.sh drop-table message
+  run bash e2e/kind/day2.sh restore chatmesh-YYYYmmddTHHMMSSZ.sql.gz
+else
+  day2_test backup_then_dropped_table_then_restore_brings_history_back
+  wait_settled "restored and resumed"
+  wait_until 120 gateway_answers "http://127.0.0.1:$HTTP_PORT" || fail "the gateway does not answer after the restore"
 fi
 
 step "scale the gateway to 2; pushes cross between the two pods"
@@ -418,8 +511,8 @@ if ((!DRY_RUN)); then
   short_scenario
 fi
 
-# Drain, backup and restore, an upgrade with a schema change and its rollback (day2.sh).
-day2_steps
+# An upgrade with a schema change and its rollback by restore + pin (upgrade.sh).
+upgrade_steps
 
 step "delete the ChatSystem: the garbage collector removes every child but the retained data"
 run "$KUBECTL" -n "$NS" delete chatsystem "$NAME" --cascade=foreground --timeout=10m

@@ -1,9 +1,6 @@
-//! The kind suite's day-two checks (`e2e/kind/day2.sh` runs them one at a time against the
+//! The kind suite's upgrade checks (`e2e/kind/upgrade.sh` runs them one at a time against the
 //! cluster's gateway, `CHATMESH_E2E_GATEWAY_HTTP/_WS`); each skips unless its variable is set:
 //!
-//! - `stream_survives_disruption`: a stream of sends while `CHATMESH_E2E_KIND_DISRUPT` (a shell
-//!   command: delete the services' pods) runs; every acknowledged message is then stored
-//!   exactly once.
 //! - `record_history`, `record_history_to_lose`, `history_is_back`: around a backup and restore
 //!   (`CHATMESH_E2E_KIND_HISTORY`: a JSON file that carries the chat and its texts from one
 //!   step to the next): what was sent before the backup is back exactly once, what was sent
@@ -12,21 +9,12 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chatmesh_e2e::Client;
 use serde::{Deserialize, Serialize};
 use support::external;
-use support::stream::{PASSWORD, chat, stored, stored_once, stream};
-use tokio::sync::watch;
-
-/// Sends per worker at most: the stream is stopped by time, this only bounds it.
-const MAX_SENDS: usize = 2000;
-/// Sends after the disruption, once the system answers again.
-const AFTER_RECOVERY: Duration = Duration::from_secs(5);
-/// Longest outage the stream waits through.
-const RECOVERY: Duration = Duration::from_secs(240);
+use support::stream::{PASSWORD, chat, stored, stored_once};
 
 /// The cluster's gateway and the value of `var`, or a skip.
 fn setup(var: &str) -> Option<(Client, String)> {
@@ -40,50 +28,6 @@ fn setup(var: &str) -> Option<(Client, String)> {
             None
         }
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_survives_disruption() {
-    let Some((client, disrupt)) = setup("CHATMESH_E2E_KIND_DISRUPT") else { return };
-    let ch = chat(&client).await;
-    let since = chatmesh_common::unix_now() - 1;
-    let (stop, stopped) = watch::channel(false);
-    let sender = stream(&client, &ch.a, &ch.chat, "drain", MAX_SENDS, &stopped);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    eprintln!("disrupting: {disrupt}");
-    let status = tokio::process::Command::new("/bin/sh")
-        .args(["-c", &disrupt])
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .expect("run the disruption");
-    assert!(status.success(), "the disruption failed ({status}): {disrupt}");
-    let disrupted = Instant::now();
-
-    // Until a send goes through again (a login of its own: b's sessions live in Redis and
-    // survive, this only probes), then a few seconds more of the stream.
-    let recovered = loop {
-        if client.send_text(&ch.b, &ch.chat, &format!("probe {}", chatmesh_common::new_id())).await.is_ok() {
-            break disrupted.elapsed();
-        }
-        assert!(disrupted.elapsed() < RECOVERY, "no send accepted within {RECOVERY:?} of the disruption");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    tokio::time::sleep(AFTER_RECOVERY).await;
-    stop.send(true).unwrap();
-    let acked = sender.await.unwrap();
-    assert!(acked.len() >= 40, "too few sends succeeded to test anything: {}", acked.len());
-
-    let deadline = Instant::now() + Duration::from_secs(120);
-    if let Err(e) = stored_once(&client, &ch.b, &ch.chat, since, &acked, deadline).await {
-        panic!("{e}");
-    }
-    eprintln!(
-        "{} acknowledged sends, every one stored exactly once; sends failed for {:.1} s after the disruption",
-        acked.len(),
-        recovered.as_secs_f64()
-    );
 }
 
 /// What one step leaves for the next.

@@ -654,9 +654,13 @@ async fn drift_is_undone() {
     let patch = Patch::Merge(json!({"data": {"CHATMESH_LOG_FORMAT": "text"}}));
     h.api::<ConfigMap>().patch("demo-config", &PatchParams::default(), &patch).await.unwrap();
     h.api::<Service>().delete("demo-user", &DeleteParams::default()).await.unwrap();
+    // `kubectl scale --replicas=0` (the scale subresource; the README's restore path does it).
+    let scale = Patch::Merge(json!({"spec": {"replicas": 0}}));
+    h.api::<Deployment>().patch_scale("demo-gateway", &PatchParams::default(), &scale).await.unwrap();
     h.reconcile().await;
     assert_eq!(h.get::<ConfigMap>("demo-config").await.unwrap().data.unwrap()["CHATMESH_LOG_FORMAT"], "json");
     assert!(h.get::<Service>("demo-user").await.is_some());
+    assert_eq!(h.get::<Deployment>("demo-gateway").await.unwrap().spec.unwrap().replicas, Some(1));
 }
 
 /// (tls.crt, tls.key, ca.crt) of a Secret, as text.

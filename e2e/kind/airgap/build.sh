@@ -51,6 +51,10 @@ KUBE_OUT="$CACHE/build/kubernetes-$K8S_VERSION/out"
 LPP_VERSION=v0.0.30
 LPP_IMAGE="chatmesh-airgap.local/local-path-provisioner:$LPP_VERSION"
 LPP_HELPER_IMAGE="chatmesh-airgap.local/local-path-helper:$SUITE"
+# NetworkPolicy enforcement beside the bridge CNI (node/files/kind/manifests/default-cni.yaml).
+NETPOL_VERSION=v0.8.0
+NETPOL_IMAGE="chatmesh-airgap.local/kube-network-policies:$NETPOL_VERSION"
+NETPOL_PATCH="$HERE/netpol/nfqueue-xt.patch"
 
 # Always the client of Debian's docker.io, which the dockerd step installs (chosen by path, not
 # looked up when the script loads: on a fresh machine it is not there yet, and another client on
@@ -209,6 +213,26 @@ import_binary() {
     --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' --change "ENTRYPOINT [\"$entry\"]" - "$image"
   rm -rf "$dir"
 }
+# netpol_bin: kube-network-policies from the Go module proxy with netpol/nfqueue-xt.patch applied
+# (the module's source, copied out of the module cache, patched, built with its own go.sum), cached.
+netpol_bin() {
+  local bin src
+  bin="$CACHE/bin/kube-network-policies-$NETPOL_VERSION-$(hash_of "$NETPOL_PATCH")"
+  if [[ ! -x "$bin" ]]; then
+    src="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kube-network-policies@$NETPOL_VERSION" |
+      sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    [[ -d "$src/cmd" ]] || die "kube-network-policies $NETPOL_VERSION is not in the module cache"
+    command -v patch >/dev/null || apt_install patch
+    rm -rf "$CACHE/build/kube-network-policies"
+    cp -a "$src" "$CACHE/build/kube-network-policies" && chmod -R u+w "$CACHE/build/kube-network-policies"
+    patch -d "$CACHE/build/kube-network-policies" -p1 --quiet <"$NETPOL_PATCH"
+    mkdir -p "$CACHE/bin"
+    (cd "$CACHE/build/kube-network-policies" && CGO_ENABLED=0 GOFLAGS="-buildvcs=false -mod=mod" GOTOOLCHAIN=local \
+      "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$bin.tmp" ./cmd) >&2
+    mv "$bin.tmp" "$bin" && rm -rf "$CACHE/build/kube-network-policies"
+  fi
+  echo "$bin"
+}
 build_k8simages() {
   local etcd="$TOOLS_CACHE/bin/etcd-$ETCD_BUILD_VERSION" coredns_version coredns_bin img
   # etcd: e2e/infra/kube.sh's build, without starting its test servers.
@@ -262,16 +286,18 @@ EOF
   fi
   import_binary "$LPP_IMAGE" "$lpp_bin" local-path-provisioner
   "$DOCKER" tag "$BASE_IMAGE" "$LPP_HELPER_IMAGE"
+  import_binary "$NETPOL_IMAGE" "$(netpol_bin)" kube-network-policies
   # All of them in one archive, for the node image's containerd.
   mapfile -t imgs < <("$KUBE_OUT/kubeadm" config images list --kubernetes-version "$K8S_VERSION")
-  imgs+=("$LPP_IMAGE" "$LPP_HELPER_IMAGE")
+  imgs+=("$LPP_IMAGE" "$LPP_HELPER_IMAGE" "$NETPOL_IMAGE")
   "$DOCKER" save -o "$CACHE/build/k8s-images.tar.tmp" "${imgs[@]}"
   mv "$CACHE/build/k8s-images.tar.tmp" "$CACHE/build/k8s-images.tar"
 }
 step_k8simages() {
   need_go "the k8simages step"
   local h
-  h="$(hash_of k8simages "$K8S_VERSION" "$ETCD_BUILD_VERSION" "$HERE/images/pause.c" "$LPP_VERSION" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")" \
+  h="$(hash_of k8simages "$K8S_VERSION" "$ETCD_BUILD_VERSION" "$HERE/images/pause.c" "$LPP_VERSION" \
+    "$NETPOL_VERSION" "$NETPOL_PATCH" "$("$DOCKER" image inspect -f '{{.Id}}' "$BASE_IMAGE")" \
     "$KUBE_OUT/kube-apiserver" "$KUBE_OUT/kube-controller-manager" "$KUBE_OUT/kube-scheduler" "$KUBE_OUT/kube-proxy")"
   if fresh k8simages "$h" && [[ -s "$CACHE/build/k8s-images.tar" ]]; then log "k8simages: up to date"; return; fi
   timed k8simages build_k8simages

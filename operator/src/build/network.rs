@@ -39,7 +39,8 @@ pub const CALLS: [(Component, &[Component]); 5] = [
 pub fn infra_clients(infra: Infra) -> &'static [&'static str] {
     match infra {
         Infra::Mysql => &["user", "friend", "file", "message", "transmit", "migrate", "backup"],
-        Infra::Redis => &["gateway", "user"],
+        // friend announces membership changes that transmit caches by (services/common/src/members.rs).
+        Infra::Redis => &["gateway", "user", "friend", "transmit"],
         Infra::Rabbitmq => &["transmit", "message"],
         Infra::Elasticsearch => &["user", "friend", "message"],
     }

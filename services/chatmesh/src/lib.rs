@@ -388,6 +388,17 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
         Ok(grpc::channel(url, cli.rpc_timeout, cli.dns_refresh, tls.as_ref())?)
     };
     let mut grpc_routes: Vec<(SocketAddr, grpc::MeshRouter)> = Vec::new();
+    // Session members, read on every send: cached in transmit while their changes reach it.
+    let members = match cli.runs(Target::Transmit) {
+        true => Some(chatmesh_common::members::open(
+            db.clone().expect("db for transmit"),
+            &cli.redis_url,
+            &cli.redis_namespace,
+            cli.runs(Target::Friend),
+            shutdown.clone(),
+        )?),
+        false => None,
+    };
     if cli.runs(Target::File) {
         let dir = cli.files_dir.clone().unwrap_or_else(|| cli.data_dir.join("files"));
         let svc = chatmesh_file::service(&cli.file, db.clone().expect("db for file"), dir);
@@ -410,12 +421,17 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             db: db.clone().expect("db for friend"),
             index: index.clone().expect("index for friend"),
             users: channel(&cli.user_addr)?,
+            notices: chatmesh_common::members::MembershipNotices::open(
+                &cli.redis_url,
+                &cli.redis_namespace,
+                members.clone(),
+            )?,
         };
         grpc_routes.push((cli.friend_listen, grpc_server().add_service(chatmesh_friend::service(deps))));
     }
     if cli.runs(Target::Transmit) {
         let deps = chatmesh_transmit::TransmitDeps {
-            db: db.clone().expect("db for transmit"),
+            members: members.clone().expect("members for transmit"),
             queue: queue.clone().expect("queue for transmit"),
             users: channel(&cli.user_addr)?,
             files: channel(&cli.file_addr)?,

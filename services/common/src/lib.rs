@@ -5,6 +5,7 @@ pub mod db;
 pub mod grpc;
 pub mod health;
 pub mod kv;
+pub mod members;
 pub mod mesh;
 pub mod messages;
 pub mod queue;

@@ -8,6 +8,12 @@ use crate::trace::Traces;
 
 /// Histogram buckets of durations (seconds): 1 ms to 30 s.
 const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Buckets of one hop of a message's path (seconds): 50 µs to 1 s, fine below 10 ms where
+/// most hops fall.
+const HOP_SECONDS: &[f64] = &[
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
+    0.1, 0.25, 1.0,
+];
 /// Buckets of counts (batch sizes).
 const COUNTS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
 
@@ -56,6 +62,7 @@ pub fn metrics() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets(SECONDS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), COUNTS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HOP_METRIC.into()), HOP_SECONDS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -63,4 +70,56 @@ pub fn metrics() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// The histogram of the time one message spends in each hop of its path, labelled `hop`.
+pub const HOP_METRIC: &str = "chatmesh_message_hop_seconds";
+
+/// The hops of a text message from the sender's request to the recipient's WebSocket, in order
+/// (`e2e/src/bin/load/main.rs` prints them as a table after a run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Gateway: read and decode the request body, resolve the login session.
+    GatewaySession,
+    /// Gateway: the whole call to the transmit service (the three transmit hops below, the
+    /// gRPC round trip and what transmit does beside them).
+    TransmitCall,
+    /// Transmit: the session's members, for the membership check and the recipients.
+    TransmitMembership,
+    /// Transmit: the sender's profile for the push.
+    TransmitSenderProfile,
+    /// Transmit: publish to the queue and wait for the broker's confirm.
+    QueuePublishConfirm,
+    /// Gateway: which gateways hold the recipients' WebSockets (presence).
+    PushPresenceLookup,
+    /// Gateway: one publish of an envelope to another gateway.
+    PushRemotePublish,
+    /// Gateway: queueing the frame for this gateway's recipients' WebSockets.
+    PushLocalDeliver,
+    /// Gateway: one WebSocket frame written to the socket.
+    WebsocketWrite,
+    /// Gateway: the sender's request from its first byte to the answer (pushes routed).
+    GatewayTotal,
+}
+
+impl Hop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hop::GatewaySession => "gateway_decode_session",
+            Hop::TransmitCall => "gateway_transmit_call",
+            Hop::TransmitMembership => "transmit_membership",
+            Hop::TransmitSenderProfile => "transmit_sender_profile",
+            Hop::QueuePublishConfirm => "queue_publish_confirm",
+            Hop::PushPresenceLookup => "push_presence_lookup",
+            Hop::PushRemotePublish => "push_remote_publish",
+            Hop::PushLocalDeliver => "push_local_deliver",
+            Hop::WebsocketWrite => "websocket_write",
+            Hop::GatewayTotal => "gateway_total",
+        }
+    }
+
+    /// Records the time since `started` as this hop.
+    pub fn record(self, started: std::time::Instant) {
+        metrics::histogram!(HOP_METRIC, "hop" => self.as_str()).record(started.elapsed().as_secs_f64());
+    }
 }

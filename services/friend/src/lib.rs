@@ -20,11 +20,13 @@ pub struct FriendDeps {
     pub db: Database,
     pub index: Arc<dyn SearchIndex>,
     pub users: GrpcChannel,
+    pub notices: chatmesh_common::members::MembershipNotices,
 }
 
 pub fn service(deps: FriendDeps) -> FriendServiceServer<service::Friends> {
     let friends = service::Friends {
         store: store::FriendStore::new(deps.db),
+        notices: deps.notices,
         index: deps.index,
         users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
     };

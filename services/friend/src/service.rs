@@ -23,6 +23,8 @@ pub const SEARCH_RESULTS: usize = 20;
 
 pub struct Friends {
     pub store: FriendStore,
+    /// Where a deleted session is announced (the transmit service caches members).
+    pub notices: chatmesh_common::members::MembershipNotices,
     pub index: Arc<dyn SearchIndex>,
     pub users: UserServiceClient<GrpcChannel>,
 }
@@ -49,7 +51,9 @@ impl FriendService for Friends {
         let req = req.into_inner();
         let result = async {
             let me = caller(&req)?;
-            self.store.unfriend(&me, &req.peer_id).await?;
+            if let Some(session) = self.store.unfriend(&me, &req.peer_id).await? {
+                self.notices.changed(&session).await;
+            }
             Ok::<_, FriendError>(FriendRemoveRsp::default())
         };
         reply(req.request_id.clone(), result.await)

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatmesh_common::health::{Backoff, Health, Link};
+use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::{NotifyMessage, PushEnvelope};
 use prost::Message;
 use redis::AsyncCommands;
@@ -83,7 +84,11 @@ impl PushBus {
         let push = Push::local(Bytes::from(notify.encode_to_vec()));
         let accepted_ms = now_ms() as i64;
         match self {
-            PushBus::Local(conns) => deliver_local(conns, users, &push, skip_session),
+            PushBus::Local(conns) => {
+                let started = Instant::now();
+                deliver_local(conns, users, &push, skip_session);
+                Hop::PushLocalDeliver.record(started);
+            }
             PushBus::Redis(bus) => {
                 if let Err(e) = bus.route(users, notify, &push, accepted_ms, skip_session).await {
                     tracing::error!(error = %e, "routing a notification failed; delivering locally only");
@@ -147,12 +152,14 @@ impl RedisBus {
         accepted_ms: i64,
         skip: Option<&str>,
     ) -> redis::RedisResult<()> {
+        let started = Instant::now();
         let mut pipe = redis::pipe();
         let now = now_ms();
         for user in users {
             pipe.zrangebyscore(self.presence_key(user), now, "+inf");
         }
         let gateways: Vec<Vec<String>> = pipe.query_async(&mut self.redis.clone()).await?;
+        Hop::PushPresenceLookup.record(started);
         let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
         for (user, gws) in users.iter().zip(gateways) {
             for gw in gws {
@@ -160,8 +167,10 @@ impl RedisBus {
             }
         }
         for (gateway, user_ids) in by_gateway {
+            let started = Instant::now();
             if gateway == self.gateway_id {
                 deliver_local(&self.conns, &user_ids, push, skip);
+                Hop::PushLocalDeliver.record(started);
                 continue;
             }
             let envelope = PushEnvelope {
@@ -172,6 +181,7 @@ impl RedisBus {
                 sent_at_ms: Some(accepted_ms),
             };
             let _: i64 = self.redis.clone().publish(self.channel(&gateway), envelope.encode_to_vec()).await?;
+            Hop::PushRemotePublish.record(started);
         }
         Ok(())
     }

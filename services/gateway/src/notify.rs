@@ -8,6 +8,8 @@ use chatmesh_proto::*;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
+use chatmesh_common::telemetry::Hop;
+
 use crate::Gateway;
 
 impl Gateway {
@@ -118,7 +120,9 @@ pub fn group_created(gw: Gateway, req: ChatSessionCreateReq, rsp: ChatSessionCre
 /// `CHAT_MESSAGE_NOTIFY` to every member's devices but the sending one.
 pub async fn new_message(gw: Gateway, req: NewMessageReq) -> Result<tonic::Response<NewMessageRsp>, tonic::Status> {
     let sending_session = req.session_id.clone();
+    let started = std::time::Instant::now();
     let rsp = gw.transmit.clone().get_transmit_target(req).await?.into_inner();
+    Hop::TransmitCall.record(started);
     if rsp.success {
         let remarks = NotifyRemarks::NewMessageInfo(NotifyNewMessage { message_info: rsp.message });
         let notify = message(NotifyType::ChatMessageNotify, None, remarks);

@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::{Envelope, Reply, UserLogoutReq, UserLogoutRsp};
 use prost::Name;
 
@@ -21,6 +22,9 @@ use crate::{Gateway, notify};
 
 /// gRPC metadata in which the user service receives the client's address (for its limits).
 pub const CLIENT_IP_METADATA: &str = "x-chatmesh-client-ip";
+
+/// The route whose hops are timed (`chatmesh_message_hop_seconds`).
+const NEW_MESSAGE: &str = "/service/message_transmit/new_message";
 
 /// A request to a service, carrying the client's address.
 fn with_client_ip<T>(req: T, ip: Option<std::net::IpAddr>) -> tonic::Request<T> {
@@ -128,11 +132,11 @@ pub fn router(gw: Gateway) -> Router {
     );
     // Sending answers with NewMessageRsp but calls GetTransmitTarget, then pushes.
     let router = router.route(
-        "/service/message_transmit/new_message",
+        NEW_MESSAGE,
         post(|State(gw): State<Gateway>, headers: HeaderMap, body: Body| async move {
             let sender = gw.clone();
             let call = move |req| notify::new_message(sender, req);
-            handle(&gw, "/service/message_transmit/new_message", &headers, body, call, None).await
+            handle(&gw, NEW_MESSAGE, &headers, body, call, None).await
         }),
     );
     // Static files only where no route matched, so they can never shadow the API or `/ws`.
@@ -199,6 +203,8 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Rsp>, tonic::Status>>,
 {
+    let started = Instant::now();
+    let timed = route == NEW_MESSAGE;
     let limit = gw.body_limit(route);
     let bytes = crate::body::read::<Req>(gw, format, body, limit).await.map_err(|e| (String::new(), e.to_string()))?;
     let mut req: Req = codec::decode(format, &bytes).map_err(|e| (String::new(), e))?;
@@ -216,6 +222,9 @@ where
         };
         req.set_user_id(user_id);
     }
+    if timed {
+        Hop::GatewaySession.record(started);
+    }
     // Only routes with a hook pay for keeping a copy of the request.
     let kept = hook.map(|h| (h, req.clone()));
     match call(req).await {
@@ -223,6 +232,9 @@ where
             let rsp = rsp.into_inner();
             if let Some((hook, req)) = kept.filter(|_| rsp.success()) {
                 hook(gw.clone(), req, rsp.clone()).await;
+            }
+            if timed {
+                Hop::GatewayTotal.record(started);
             }
             Ok(rsp)
         }

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::ClientAuthenticationReq;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
@@ -120,7 +121,9 @@ async fn write_frames(
                 None => return,
             },
         };
+        let started = Instant::now();
         let sent = tokio::time::timeout(send_timeout, tx.send(message)).await;
+        Hop::WebsocketWrite.record(started);
         state.sent(cost);
         match sent {
             Ok(Ok(())) => {

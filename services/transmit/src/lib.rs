@@ -8,8 +8,8 @@ pub mod service;
 
 use std::sync::Arc;
 
-use chatmesh_common::Database;
 use chatmesh_common::grpc::GrpcChannel;
+use chatmesh_common::members::SessionMembers;
 use chatmesh_common::queue::MessageQueue;
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::msg_transmit_service_server::MsgTransmitServiceServer;
@@ -25,7 +25,8 @@ pub struct TransmitArgs {
 }
 
 pub struct TransmitDeps {
-    pub db: Database,
+    /// Session members (cached while their changes are heard; see `chatmesh_common::members`).
+    pub members: Arc<SessionMembers>,
     pub queue: Arc<dyn MessageQueue>,
     pub users: GrpcChannel,
     pub files: GrpcChannel,
@@ -33,7 +34,7 @@ pub struct TransmitDeps {
 
 pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> MsgTransmitServiceServer<service::Transmit> {
     let transmit = service::Transmit {
-        db: deps.db,
+        members: deps.members,
         profiles: Default::default(),
         queue: deps.queue,
         users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),

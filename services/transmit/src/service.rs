@@ -1,9 +1,10 @@
 //! `MsgTransmitService.GetTransmitTarget`: validate, store attachments, number, queue, and
 //! name the recipients. Success is reported only after the queue confirmed the message.
 
-use chatmesh_common::Database;
 use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
+use chatmesh_common::members::SessionMembers;
 use chatmesh_common::queue::MessageQueue;
+use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::message_content::MsgContent;
 use chatmesh_proto::msg_transmit_service_server::MsgTransmitService;
@@ -11,6 +12,7 @@ use chatmesh_proto::user_service_client::UserServiceClient;
 use chatmesh_proto::*;
 use prost::Message;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::error::TransmitError;
@@ -22,7 +24,7 @@ const PROFILE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const PROFILE_CACHE: usize = 1024;
 
 pub struct Transmit {
-    pub db: Database,
+    pub members: Arc<SessionMembers>,
     pub profiles: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, UserInfo)>>,
     pub queue: Arc<dyn MessageQueue>,
     pub users: UserServiceClient<GrpcChannel>,
@@ -53,7 +55,9 @@ impl Transmit {
         let sender = req.caller().map(str::to_string).ok_or(TransmitError::NoCaller)?;
         let content = req.message.as_ref().ok_or(TransmitError::NoContent)?;
         let body = self.check(content)?;
-        let members = chatmesh_common::db::chat_members(&self.db, &req.chat_session_id).await?;
+        let started = Instant::now();
+        let members = self.members.of(&req.chat_session_id).await?;
+        Hop::TransmitMembership.record(started);
         // Unknown sessions and sessions you are not in look the same.
         if !members.contains(&sender) {
             return Err(TransmitError::UnknownSession);
@@ -62,7 +66,9 @@ impl Transmit {
             Some((name, bytes)) => Some(self.store(&sender, &req, name, bytes).await?),
             None => None,
         };
+        let started = Instant::now();
         let sender_info = self.sender(&sender).await?;
+        Hop::TransmitSenderProfile.record(started);
         let mut message = MessageInfo {
             // UUID v7: time-ordered, so ids sort like the messages they name.
             message_id: uuid::Uuid::now_v7().simple().to_string(),
@@ -76,7 +82,9 @@ impl Transmit {
                 msg_content: Some(strip(body, file_id)),
             }),
         };
+        let started = Instant::now();
         self.queue.publish(message.encode_to_vec()).await.map_err(TransmitError::NotQueued)?;
+        Hop::QueuePublishConfirm.record(started);
         message.sender = Some(sender_info);
         // Pushed images carry their bytes, as the seed forwards them; stored copies do not.
         if let (Some(MsgContent::ImageMessage(pushed)), MsgContent::ImageMessage(sent)) =
@@ -84,7 +92,7 @@ impl Transmit {
         {
             pushed.image_content = sent.image_content.clone();
         }
-        Ok(GetTransmitTargetRsp { message: Some(message), target_id_list: members, ..Default::default() })
+        Ok(GetTransmitTargetRsp { message: Some(message), target_id_list: members.to_vec(), ..Default::default() })
     }
 
     /// The content, if its type and payload agree and it is not empty.

@@ -3,7 +3,17 @@
 //! many idle WebSockets to measure the gateway's memory per connection.
 //!
 //!   chatmesh-load messages --rate 1000 --duration 20s --pairs 50
+//!   chatmesh-load fanout --members 500 --messages 200
 //!   chatmesh-load idle --connections 10000 --gateway-pid <pid>
+//!   chatmesh-load ceiling --mysql-url .. --amqp-url .. --redis-url .. --queue ..
+//!
+//! With several gateways (`--http a,b --ws a,b`), users are spread over them and each
+//! message's recipient is on another gateway than its sender. With `--metrics` (the processes'
+//! admin `/metrics`), a run ends with the per-hop breakdown of its messages.
+
+mod ceiling;
+mod fanout;
+mod hops;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +27,15 @@ use tokio::sync::mpsc;
 #[derive(Parser)]
 #[command(about = "Load and measure a running chatmesh gateway")]
 struct Args {
-    #[arg(long, default_value = "http://127.0.0.1:9000")]
-    http: String,
-    #[arg(long, default_value = "ws://127.0.0.1:9001")]
-    ws: String,
+    /// Gateways' HTTP base URLs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:9000")]
+    http: Vec<String>,
+    /// Gateways' WebSocket base URLs, in the order of `--http`.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:9001")]
+    ws: Vec<String>,
+    /// Admin `/metrics` URLs of every chatmesh process, for the per-hop breakdown (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -39,6 +54,36 @@ enum Mode {
         /// Requests in flight at most.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+    },
+    /// One member sends to a group whose other members are connected over every gateway;
+    /// report the time until the last member has each message.
+    Fanout {
+        /// Members of the group, the sender included.
+        #[arg(long, default_value_t = 500)]
+        members: usize,
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Messages per second (open loop).
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+    },
+    /// The dependencies alone (no chatmesh): RabbitMQ, MariaDB and Redis operations as a
+    /// message uses them, at `rate`, then their ceilings.
+    Ceiling {
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// A database of its own (a table is created and dropped in it).
+        #[arg(long)]
+        mysql_url: String,
+        #[arg(long)]
+        amqp_url: String,
+        #[arg(long)]
+        redis_url: String,
+        /// A queue name of its own (declared, then deleted).
+        #[arg(long)]
+        queue: String,
     },
     /// Hold `connections` authenticated idle WebSockets; report the gateway's memory per one.
     Idle {
@@ -99,14 +144,22 @@ fn now_micros() -> u128 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let client = Client::new(&args.http, &args.ws);
+    assert_eq!(args.http.len(), args.ws.len(), "one --ws URL per --http URL");
+    let clients: Vec<Client> = args.http.iter().zip(&args.ws).map(|(h, w)| Client::new(h, w)).collect();
+    let client = clients[0].clone();
     match args.mode {
         Mode::Messages { rate, duration, pairs, concurrency } => {
-            messages(client, rate, duration, pairs, concurrency).await
+            messages(&clients, &args.metrics, rate, duration, pairs, concurrency).await
+        }
+        Mode::Fanout { members, messages, rate } => {
+            fanout::run(&clients, &args.metrics, fanout::Shape { members, messages, rate }).await
+        }
+        Mode::Ceiling { rate, duration, mysql_url, amqp_url, redis_url, queue } => {
+            ceiling::run(ceiling::Servers { mysql_url, amqp_url, redis_url, queue }, rate, duration).await
         }
         Mode::Idle { connections, gateway_pid } => idle(client, connections, gateway_pid).await,
         Mode::Abuse { gateway_pid, logins, sockets, pushes, bodies, body_bytes } => {
-            let http = args.http.trim_start_matches("http://").to_string();
+            let http = args.http[0].trim_start_matches("http://").to_string();
             abuse::run(client, http, gateway_pid, abuse::Sizes { logins, sockets, pushes, bodies, body_bytes }).await
         }
     }
@@ -327,8 +380,16 @@ mod abuse {
     }
 }
 
-async fn messages(client: Client, rate: u32, duration: Duration, pairs: usize, concurrency: usize) {
-    eprintln!("setting up {pairs} pairs of users...");
+async fn messages(
+    clients: &[Client],
+    metrics: &[String],
+    rate: u32,
+    duration: Duration,
+    pairs: usize,
+    concurrency: usize,
+) {
+    eprintln!("setting up {pairs} pairs of users over {} gateway(s)...", clients.len());
+    let client = clients[0].clone();
     let mut chats = Vec::new();
     let (latency_tx, mut latency_rx) = mpsc::unbounded_channel::<f64>();
     for i in 0..pairs {
@@ -337,7 +398,9 @@ async fn messages(client: Client, rate: u32, duration: Duration, pairs: usize, c
         let event = client.apply(&a, &b_id).await.expect("apply");
         client.process(&b, &event, &a_id, true).await.expect("accept");
         let chat = client.chat_sessions(&a).await.expect("sessions").remove(0).chat_session_id;
-        let mut ws = client.notifications("/ws", &b).await.expect("websocket");
+        // The recipient listens on the gateway after the sender's: with two or more, every
+        // push crosses from one gateway to another.
+        let mut ws = clients[(i + 1) % clients.len()].notifications("/ws", &b).await.expect("websocket");
         let tx = latency_tx.clone();
         tokio::spawn(async move {
             loop {
@@ -356,10 +419,12 @@ async fn messages(client: Client, rate: u32, duration: Duration, pairs: usize, c
                 }
             }
         });
-        chats.push((a, chat, b));
+        chats.push((clients[i % clients.len()].clone(), a, chat, b));
     }
     drop(latency_tx);
     let chats = Arc::new(chats);
+    tokio::time::sleep(Duration::from_millis(300)).await; // presence of the last sockets settles
+    let before = hops::scrape(metrics).await;
     eprintln!("sending at {rate} msg/s for {duration:?}...");
     let total = (rate as f64 * duration.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -370,23 +435,25 @@ async fn messages(client: Client, rate: u32, duration: Duration, pairs: usize, c
         // Open loop: message i leaves at i * interval, whatever the replies do.
         tokio::time::sleep_until((started + interval * i as u32).into()).await;
         let permit = permits.clone().acquire_owned().await.unwrap();
-        let (client, chats) = (client.clone(), chats.clone());
+        let chats = chats.clone();
         sends.spawn(async move {
-            let (a, chat, _) = &chats[i % chats.len()];
+            let (client, a, chat, _) = &chats[i % chats.len()];
+            let sent = Instant::now();
             let ok = client.send(a, chat, text_message(&format!("t:{}", now_micros()))).await.is_ok();
             drop(permit);
-            ok
+            ok.then(|| sent.elapsed().as_secs_f64() * 1000.0)
         });
     }
-    let mut acked = 0usize;
-    while let Some(ok) = sends.join_next().await {
-        acked += ok.unwrap() as usize;
+    let mut acks = Vec::new();
+    while let Some(ack) = sends.join_next().await {
+        acks.extend(ack.unwrap());
     }
+    let acked = acks.len();
     let send_secs = started.elapsed().as_secs_f64();
     // Storage: wait until every acknowledged message can be read back.
     let stored_at = loop {
         let mut stored = 0usize;
-        for (_, chat, b) in chats.iter() {
+        for (_, _, chat, b) in chats.iter() {
             stored += client.history(b, chat, 0, i64::MAX).await.map(|m| m.len()).unwrap_or(0);
         }
         if stored >= acked || started.elapsed() > duration * 10 {
@@ -400,6 +467,7 @@ async fn messages(client: Client, rate: u32, duration: Duration, pairs: usize, c
         latencies.push(l);
     }
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    acks.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("sent {total} in {send_secs:.1}s ({:.0} msg/s offered), acknowledged {acked}", total as f64 / send_secs);
     println!(
         "push latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} pushes)",
@@ -410,11 +478,28 @@ async fn messages(client: Client, rate: u32, duration: Duration, pairs: usize, c
         latencies.len()
     );
     println!(
+        "send acknowledgement ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}",
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99),
+        percentile(&acks, 0.999)
+    );
+    println!(
         "stored {} of {acked} within {:.1}s of the first send: {:.0} stored msg/s",
         stored_at.0,
         stored_at.1,
         stored_at.0 as f64 / stored_at.1
     );
+    print_hops(metrics, &before).await;
+}
+
+/// The per-hop table of what happened since `before`, when there are processes to ask.
+async fn print_hops(metrics: &[String], before: &hops::Snapshot) {
+    if metrics.is_empty() {
+        return;
+    }
+    let after = hops::scrape(metrics).await;
+    println!("per-hop breakdown (chatmesh_message_hop_seconds, {} process(es)):", metrics.len());
+    print!("{}", after.since(before).table());
 }
 
 async fn idle(client: Client, connections: usize, pid: u32) {

@@ -1,0 +1,180 @@
+//! The dependencies alone, measured the way a message uses them, so that chatmesh's own figures
+//! can be read against what the servers underneath allow on the same machine the same day:
+//! RabbitMQ persistent publish + confirm, MariaDB single-row insert and indexed select, a Redis
+//! round trip; each at the benchmark's rate (open loop), then each one's ceiling with
+//! pipelining or batching.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::Semaphore;
+
+use super::percentile;
+
+pub struct Servers {
+    pub mysql_url: String,
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// A queue name of our own (deleted afterwards).
+    pub queue: String,
+}
+
+/// Runs `op(i)` at `rate`/s for `duration` (each op in its own task, so a slow one delays no
+/// other); the latencies in ms of those that succeeded, sorted.
+async fn open_loop<F, Fut>(rate: u32, duration: Duration, op: F) -> Vec<f64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let total = (rate as f64 * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let fut = op(i);
+        tasks.spawn(async move {
+            let at = Instant::now();
+            fut.await.then(|| at.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut out = Vec::with_capacity(total);
+    while let Some(r) = tasks.join_next().await {
+        out.extend(r.unwrap());
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
+}
+
+/// As many as possible with `width` in flight for `n` ops; ops per second.
+async fn ceiling<F, Fut>(n: usize, width: usize, op: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(width));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let fut = op(i);
+        tasks.spawn(async move {
+            let ok = fut.await;
+            drop(permit);
+            ok
+        });
+    }
+    let mut ok = 0usize;
+    while let Some(r) = tasks.join_next().await {
+        ok += r.unwrap() as usize;
+    }
+    ok as f64 / started.elapsed().as_secs_f64()
+}
+
+fn row(what: &str, rate: u32, l: &[f64]) {
+    println!(
+        "| {what} | {rate}/s | {:.3} | {:.3} | {:.3} | {} |",
+        percentile(l, 0.5),
+        percentile(l, 0.99),
+        percentile(l, 0.999),
+        l.len()
+    );
+}
+
+pub async fn run(s: Servers, rate: u32, duration: Duration) {
+    // A message row as storage writes it: id, session, sender, time, a short text.
+    let body = vec![b'x'; 120];
+    println!("| dependency operation | rate | p50 ms | p99 ms | p99.9 ms | done |\n|---|---|---|---|---|---|");
+
+    let conn = Connection::connect(&s.amqp_url, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.queue_declare(s.queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await
+        .expect("declare");
+    let publish = |ch: lapin::Channel, queue: String, body: Vec<u8>| async move {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        match ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props).await {
+            Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+            Err(_) => false,
+        }
+    };
+    let l = open_loop(rate, duration, |_| publish(ch.clone(), s.queue.clone(), body.clone())).await;
+    row("RabbitMQ persistent publish + confirm (one channel)", rate, &l);
+
+    let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(16).connect(&s.mysql_url).await.expect("MariaDB");
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS ceiling_row (id CHAR(32) PRIMARY KEY, session CHAR(32) NOT NULL, \
+         body BLOB NOT NULL, KEY (session))",
+    )
+    .execute(&pool)
+    .await
+    .expect("table");
+    let insert = |pool: sqlx::MySqlPool, i: usize, body: Vec<u8>| async move {
+        sqlx::query("INSERT INTO ceiling_row (id, session, body) VALUES (?, ?, ?)")
+            .bind(format!("{:032x}", i as u128 + 1_000_000_000 * rand_prefix()))
+            .bind(format!("{:032x}", i % 50))
+            .bind(body)
+            .execute(&pool)
+            .await
+            .is_ok()
+    };
+    let l = open_loop(rate, duration, |i| insert(pool.clone(), i, body.clone())).await;
+    row("MariaDB single-row INSERT (autocommit)", rate, &l);
+    let select = |pool: sqlx::MySqlPool, i: usize| async move {
+        sqlx::query("SELECT id FROM ceiling_row WHERE session = ? LIMIT 2")
+            .bind(format!("{:032x}", i % 50))
+            .fetch_all(&pool)
+            .await
+            .is_ok()
+    };
+    let l = open_loop(rate, duration, |i| select(pool.clone(), i)).await;
+    row("MariaDB indexed SELECT", rate, &l);
+
+    let redis = redis::Client::open(s.redis_url.as_str()).expect("Redis URL");
+    let con = redis.get_multiplexed_async_connection().await.expect("Redis");
+    let zrange = |mut con: redis::aio::MultiplexedConnection, i: usize| async move {
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(format!("ceiling:{}", i % 100))
+            .arg(0)
+            .arg("+inf")
+            .query_async::<Vec<String>>(&mut con)
+            .await
+            .is_ok()
+    };
+    let l = open_loop(rate, duration, |i| zrange(con.clone(), i)).await;
+    row("Redis ZRANGEBYSCORE round trip", rate, &l);
+
+    // Ceilings: pipelined confirms, batched inserts.
+    let n = 20_000;
+    let confirms = ceiling(n, 1000, |_| publish(ch.clone(), s.queue.clone(), body.clone())).await;
+    let single = ceiling(n / 2, 16, |i| insert(pool.clone(), i + 10_000_000, body.clone())).await;
+    let batch = |pool: sqlx::MySqlPool, i: usize, body: Vec<u8>| async move {
+        let sql = format!("INSERT INTO ceiling_row (id, session, body) VALUES {}", vec!["(?, ?, ?)"; 100].join(","));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for k in 0..100 {
+            q = q
+                .bind(format!("{:032x}", (i * 100 + k) as u128 + 2_000_000_000 * rand_prefix()))
+                .bind("b")
+                .bind(&body[..]);
+        }
+        q.execute(&pool).await.is_ok()
+    };
+    let rows = ceiling(300, 4, |i| batch(pool.clone(), i, body.clone())).await * 100.0;
+    println!(
+        "ceilings: RabbitMQ {confirms:.0} confirmed msg/s (1,000 in flight); MariaDB {single:.0} single-row \
+         INSERTs/s (16 connections), {rows:.0} rows/s in 100-row INSERTs (4 connections)"
+    );
+    let _ = ch.queue_delete(s.queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = sqlx::query("DROP TABLE ceiling_row").execute(&pool).await;
+}
+
+/// A per-run number, so that re-running against one database never collides on ids.
+fn rand_prefix() -> u128 {
+    static PREFIX: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() >> 80)
+}
