@@ -801,7 +801,7 @@ fn network_policies_open_each_port_to_its_callers_only() {
     // Servers: from the services that use them (and the migration Job and the backup for the
     // database).
     assert_eq!(rules(&d, "demo-mysql"), [(callers("user,friend,file,message,transmit,migrate,backup"), vec![3306])]);
-    assert_eq!(rules(&d, "demo-redis"), [(callers("gateway,user"), vec![6379])]);
+    assert_eq!(rules(&d, "demo-redis"), [(callers("gateway,user,friend,transmit"), vec![6379])]);
     assert_eq!(rules(&d, "demo-rabbitmq"), [(callers("transmit,message"), vec![5672])]);
     assert_eq!(rules(&d, "demo-elasticsearch"), [(callers("user,friend,message"), vec![9200])]);
     assert_eq!(d.network_policies.len(), 1 + 7 + 4);
