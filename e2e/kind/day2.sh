@@ -5,10 +5,13 @@
 #
 #   day2.sh delete-pods         delete the transmit and message pods (graceful) and wait until
 #                               their replacements are ready
-#   day2.sh backup              run a backup now: a Job from the operator's CronJob <name>-backup
+#   day2.sh backup [JOB]        run a backup now: a Job (JOB) from the operator's CronJob <name>-backup
 #   day2.sh drop-table TABLE    DROP TABLE in the managed MariaDB (the disaster to restore from)
-#   day2.sh restore DUMP        the restore path of operator/README.md ("Backups"): pause the
+#   day2.sh sql SQL             one statement in the managed MariaDB's chatmesh database; prints the rows
+#   day2.sh restore DUMP [--paused]
+#                               the restore path of operator/README.md ("Backups"): pause the
 #                               ChatSystem, scale its services to 0, run the restore Job, resume
+#                               (--paused: stay paused, e.g. to pin the old tag first: the rollback)
 #
 # Environment (run.sh sets it): KUBECTL, KUBECONFIG, CHATMESH_KIND_NS [chat], CHATMESH_KIND_NAME [chat].
 set -euo pipefail
@@ -22,10 +25,15 @@ NAME="${CHATMESH_KIND_NAME:-chat}"
 k() { "$KUBECTL" -n "$NS" "$@"; }
 sel="app.kubernetes.io/instance=$NAME"
 
-# mysql_exec SQL: as root in the managed MariaDB's pod.
+# mysql_exec SQL: as root in the managed MariaDB's pod; prints the rows (tab-separated).
 mysql_exec() {
   # shellcheck disable=SC2016 # expanded in the pod
-  k exec "$NAME-mysql-0" -- bash -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root chatmesh -e "$1"' mysql "$1"
+  k exec "$NAME-mysql-0" -- bash -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root -N -B chatmesh -e "$1"' mysql "$1"
+}
+# The operator has seen the latest spec (so no pass of an older one scales anything back).
+observed() {
+  [[ "$(k get chatsystem "$NAME" -o jsonpath='{.metadata.generation}')" == \
+    "$(k get chatsystem "$NAME" -o jsonpath='{.status.observedGeneration}')" ]]
 }
 
 case "${1:-}" in
@@ -36,7 +44,7 @@ case "${1:-}" in
     for d in transmit message; do k rollout status "deploy/$NAME-$d" --timeout=300s >&2; done
     ;;
   backup)
-    job="$NAME-backup-$(date +%s)"
+    job="${2:-$NAME-backup-$(date +%s)}"
     k get cronjob "$NAME-backup" >/dev/null || die "no CronJob $NAME-backup (spec.backup unset?)"
     k create job "$job" --from="cronjob/$NAME-backup" >&2
     k wait --for=condition=complete "job/$job" --timeout=300s >&2 || die "the backup Job $job did not complete: $(k logs "job/$job" --tail=20 2>&1)"
@@ -50,10 +58,15 @@ case "${1:-}" in
     mysql_exec "DROP TABLE $2"
     log "dropped table $2"
     ;;
+  sql)
+    [[ -n "${2:-}" ]] || die "sql SQL"
+    mysql_exec "$2"
+    ;;
   restore)
     [[ "${2:-}" =~ ^chatmesh-[0-9TZ]+\.sql\.gz$ ]] || die "restore DUMP (a dump's file name, from backup)"
     image="$(k get statefulset "$NAME-mysql" -o jsonpath='{.spec.template.spec.containers[0].image}')"
     k patch chatsystem "$NAME" --type merge -p '{"spec":{"paused":true}}' >&2
+    wait_until 120 observed || die "the operator did not see spec.paused"
     k scale deploy -l "$sel,app.kubernetes.io/part-of=chatmesh" --replicas=0 >&2
     wait_until 120 bash -c "! $KUBECTL -n $NS get pods -l '$sel,app.kubernetes.io/component in (gateway,user,friend,file,message,transmit,speech)' -o name | grep -q ." ||
       die "the services' pods did not stop"
@@ -86,8 +99,12 @@ EOF
       die "the restore Job $job did not complete: $(k logs "job/$job" --tail=20 2>&1)"
     # (No owner: the Job would outlive the ChatSystem.)
     k delete job "$job" --wait=true >&2
-    k patch chatsystem "$NAME" --type merge -p '{"spec":{"paused":false}}' >&2
-    log "restored $2 (job/$job, deleted); the ChatSystem resumed"
+    if [[ "${3:-}" == --paused ]]; then
+      log "restored $2 (job/$job, deleted); the ChatSystem stays paused"
+    else
+      k patch chatsystem "$NAME" --type merge -p '{"spec":{"paused":false}}' >&2
+      log "restored $2 (job/$job, deleted); the ChatSystem resumed"
+    fi
     ;;
-  *) die "usage: day2.sh delete-pods | backup | drop-table TABLE | restore DUMP" ;;
+  *) die "usage: day2.sh delete-pods | backup [JOB] | drop-table TABLE | sql SQL | restore DUMP [--paused]" ;;
 esac

@@ -12,8 +12,6 @@
 # `CHATMESH_KIND_STEPS=upgrade run.sh --keep` runs only these steps (after the install).
 
 DAY2_HISTORY="$WORK/day2-history.json"
-DAY2_SERVICES="app.kubernetes.io/instance=$NAME,app.kubernetes.io/part-of=chatmesh"
-DAY2_SERVICE_PODS="$DAY2_SERVICES,app.kubernetes.io/component in (gateway,user,friend,file,message,transmit,speech)"
 
 # upgrade_test TEST [VAR=VALUE...]: one test of e2e/tests/kind_day2.rs against the NodePort gateway.
 upgrade_test() {
@@ -29,78 +27,28 @@ upgrade_test() {
   grep -q '^test result: ok. 1 passed' "$out" || fail "kind_day2::$name did not run (output: $out)"
 }
 
-# day2_sql SQL: one statement in the managed MariaDB's chatmesh database, as root; prints the rows.
-day2_sql() {
-  # shellcheck disable=SC2016 # expanded in the pod
-  k -n "$NS" exec "$NAME-mysql-0" -- sh -c 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb --user=root -N -B chatmesh -e "$1"' \
-    sh "$1"
+# day2 ARGS: the day-2 operations of e2e/kind/day2.sh (backup, sql, restore) on this system.
+day2() {
+  KUBECTL="$KUBECTL" CHATMESH_KIND_NS="$NS" CHATMESH_KIND_NAME="$NAME" bash "$ROOT/e2e/kind/day2.sh" "$@"
 }
+day2_sql() { day2 sql "$1"; }
 
 # day2_backup JOB: runs the backup CronJob now as JOB; sets DAY2_DUMP to the dump it wrote.
 day2_backup() {
-  run "$KUBECTL" -n "$NS" create job --from="cronjob/$NAME-backup" "$1"
-  ((DRY_RUN)) && return
-  k -n "$NS" wait --for=condition=complete "job/$1" --timeout=10m >&2 || fail "the backup job $1 did not complete"
-  # The job lists the claim after its dump; the names sort by time, the newest is this one's.
-  DAY2_DUMP="$(k -n "$NS" logs "job/$1" | grep -oE 'chatmesh-[0-9]{8}T[0-9]{6}Z\.sql\.gz' | tail -1)"
-  [[ -n "$DAY2_DUMP" ]] || fail "the backup job $1 names no dump in its log"
-  log "backup $1 wrote $DAY2_DUMP"
-}
-
-# day2_restore_job DUMP: the restore Job of operator/README.md ("Backups"), for this system.
-day2_restore_job() {
-  local image
-  image="$(k -n "$NS" get statefulset "$NAME-mysql" -o jsonpath='{.spec.template.spec.containers[0].image}')"
-  cat <<EOF
-apiVersion: batch/v1
-kind: Job
-metadata: {name: $NAME-restore}
-spec:
-  backoffLimit: 0
-  template:
-    metadata:
-      labels: {app.kubernetes.io/name: chatmesh, app.kubernetes.io/instance: $NAME, app.kubernetes.io/component: backup}
-    spec:
-      restartPolicy: Never
-      securityContext: {runAsUser: 999, runAsGroup: 999, fsGroup: 999, runAsNonRoot: true}
-      containers:
-        - name: restore
-          image: $image
-          command: ["/bin/sh", "-c", "gunzip -c /backups/\$DUMP | mariadb --host=$NAME-mysql --user=root"]
-          env:
-            - {name: DUMP, value: $1}
-            - name: MYSQL_PWD
-              valueFrom: {secretKeyRef: {name: $NAME-credentials, key: mysql-root-password}}
-          volumeMounts: [{name: backups, mountPath: /backups, readOnly: true}]
-      volumes: [{name: backups, persistentVolumeClaim: {claimName: $NAME-backups}}]
-EOF
-}
-
-observed() { # the operator has seen the latest spec
-  [[ "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.metadata.generation}')" == \
-    "$(k -n "$NS" get chatsystem "$NAME" -o jsonpath='{.status.observedGeneration}')" ]]
-}
-no_service_pods() { ! k -n "$NS" get pods -l "$DAY2_SERVICE_PODS" -o name | grep -q .; }
-
-# day2_restore DUMP: the documented restore, up to (not including) the unpause: paused, the
-# services scaled to 0, the restore Job run.
-day2_restore() {
-  run "$KUBECTL" -n "$NS" patch chat "$NAME" --type merge -p '{"spec":{"paused":true}}'
-  ((DRY_RUN)) || wait_until 120 observed || fail "the operator did not see spec.paused"
-  run "$KUBECTL" -n "$NS" scale deploy -l "$DAY2_SERVICES" --replicas=0
   if ((DRY_RUN)); then
-    run "$KUBECTL" -n "$NS" apply -f restore.yaml
+    run bash e2e/kind/day2.sh backup "$1"
     return
   fi
-  wait_until 300 no_service_pods || fail "the services' pods did not stop"
-  day2_restore_job "$1" >"$WORK/restore.yaml"
-  k -n "$NS" delete job "$NAME-restore" --ignore-not-found >&2
-  k -n "$NS" apply -f "$WORK/restore.yaml" >&2
-  k -n "$NS" wait --for=condition=complete "job/$NAME-restore" --timeout=30m >&2 ||
-    fail "the restore job failed: $(k -n "$NS" logs "job/$NAME-restore" --tail=20 2>&1)"
-  # Not a child of the ChatSystem (step 14 checks that none is left): deleted when done.
-  k -n "$NS" delete job "$NAME-restore" --cascade=foreground >&2
-  log "restored $1"
+  DAY2_DUMP="$(day2 backup "$1")" || fail "the backup job $1 failed"
+}
+
+# day2_restore DUMP: the documented restore, up to (not including) the unpause.
+day2_restore() {
+  if ((DRY_RUN)); then
+    run bash e2e/kind/day2.sh restore "$1" --paused
+    return
+  fi
+  day2 restore "$1" --paused || fail "restoring $1 failed"
 }
 
 migrations() { day2_sql "SELECT version FROM _sqlx_migrations ORDER BY version" | tr '\n' ' '; }

@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatmesh_e2e::{Client, Event, text_message};
-use chatmesh_proto::message_content::MsgContent;
-use chatmesh_proto::notify_message::NotifyRemarks;
+use chatmesh_e2e::{Client, text_message};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{hops, now_micros, percentile, print_hops, user};
+use super::{hops, now_micros, on_text_number, percentile, print_hops, user};
 
 pub struct Shape {
     pub members: usize,
@@ -78,24 +76,10 @@ pub async fn run(clients: &[Client], metrics: &[String], shape: Shape) {
     // Every member listens, member i on gateway i mod n; arrivals are (message, Unix µs).
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<(usize, u128)>();
     for (i, (_, session)) in members.iter().enumerate() {
-        let mut ws = clients[i % clients.len()].notifications("/ws", session).await.expect("websocket");
+        let ws = clients[i % clients.len()].notifications("/ws", session).await.expect("websocket");
         let tx = arrived_tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match ws.next(Duration::from_secs(3600)).await {
-                    Event::Notify(n) => {
-                        if let Some(NotifyRemarks::NewMessageInfo(m)) = n.notify_remarks
-                            && let Some(MsgContent::StringMessage(t)) =
-                                m.message_info.and_then(|m| m.message).and_then(|c| c.msg_content)
-                            && let Some(k) = t.content.strip_prefix("f:").and_then(|s| s.parse::<usize>().ok())
-                        {
-                            let _ = tx.send((k, now_micros()));
-                        }
-                    }
-                    Event::Quiet => {}
-                    Event::Closed(_) => return,
-                }
-            }
+        on_text_number(ws, "f:", move |k| {
+            let _ = tx.send((k as usize, now_micros()));
         });
     }
     drop(arrived_tx);

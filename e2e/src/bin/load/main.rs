@@ -137,6 +137,28 @@ async fn user(c: &Client, prefix: &str, i: usize) -> (String, String) {
     (id, session)
 }
 
+/// Spawns a reader of `ws` that calls `on` with N of every pushed text message `<prefix>N`,
+/// until the socket closes.
+fn on_text_number(mut ws: chatmesh_e2e::Notifications, prefix: &'static str, on: impl Fn(u128) + Send + 'static) {
+    tokio::spawn(async move {
+        loop {
+            match ws.next(Duration::from_secs(3600)).await {
+                Event::Notify(n) => {
+                    if let Some(NotifyRemarks::NewMessageInfo(m)) = n.notify_remarks
+                        && let Some(MsgContent::StringMessage(t)) =
+                            m.message_info.and_then(|m| m.message).and_then(|c| c.msg_content)
+                        && let Some(number) = t.content.strip_prefix(prefix).and_then(|s| s.parse::<u128>().ok())
+                    {
+                        on(number);
+                    }
+                }
+                Event::Quiet => {}
+                Event::Closed(_) => return,
+            }
+        }
+    });
+}
+
 fn now_micros() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
 }
@@ -400,24 +422,10 @@ async fn messages(
         let chat = client.chat_sessions(&a).await.expect("sessions").remove(0).chat_session_id;
         // The recipient listens on the gateway after the sender's: with two or more, every
         // push crosses from one gateway to another.
-        let mut ws = clients[(i + 1) % clients.len()].notifications("/ws", &b).await.expect("websocket");
+        let ws = clients[(i + 1) % clients.len()].notifications("/ws", &b).await.expect("websocket");
         let tx = latency_tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match ws.next(Duration::from_secs(3600)).await {
-                    Event::Notify(n) => {
-                        if let Some(NotifyRemarks::NewMessageInfo(m)) = n.notify_remarks
-                            && let Some(MsgContent::StringMessage(t)) =
-                                m.message_info.and_then(|m| m.message).and_then(|c| c.msg_content)
-                            && let Some(sent) = t.content.strip_prefix("t:").and_then(|s| s.parse::<u128>().ok())
-                        {
-                            let _ = tx.send((now_micros().saturating_sub(sent)) as f64 / 1000.0);
-                        }
-                    }
-                    Event::Quiet => {}
-                    Event::Closed(_) => return,
-                }
-            }
+        on_text_number(ws, "t:", move |sent| {
+            let _ = tx.send((now_micros().saturating_sub(sent)) as f64 / 1000.0);
         });
         chats.push((clients[i % clients.len()].clone(), a, chat, b));
     }
