@@ -322,7 +322,7 @@ else
 fi
 ((DRY_RUN)) || kubectl_matches
 
-step "build the images from source and load them into the cluster"
+if ((PREBUILT)); then step "load the pre-built images into the cluster"; else step "build the images from source and load them into the cluster"; fi
 read -r -a build_args <<<"${CHATMESH_KIND_BUILD_ARGS:-}"
 build_image() { # build_image DOCKERFILE IMAGE: docker build, unless CHATMESH_KIND_PREBUILT
   if ((PREBUILT)); then log "pre-built (CHATMESH_KIND_PREBUILT): $2"; else

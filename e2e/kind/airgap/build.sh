@@ -410,11 +410,21 @@ step_infra() {
 # The Dockerfiles' base-image ARGs point at the images above. Debian's Docker 20.10 has BuildKit
 # but not buildx, and its BuildKit would pull the `# syntax=docker/dockerfile:1` frontend from
 # Docker Hub: the Dockerfile goes in on stdin without that line (the built-in frontend reads it
-# the same). Crates come from crates.io, the speech stage's wheels from PyPI, inside the build.
+# the same). The web stage's packages come from npm, the speech stage's wheels from PyPI.
 # The tag is e2e/kind/run.sh's default (e2e-<commit>), or CHATMESH_KIND_TAG.
 APP_TAG="${CHATMESH_KIND_TAG:-e2e-$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo local)}"
 APP_IMAGE="${CHATMESH_KIND_IMAGE:-chatmesh.local/chatmesh}"
 APP_OPERATOR_IMAGE="${CHATMESH_KIND_OPERATOR_IMAGE:-chatmesh.local/chatmesh-operator}"
+# Where the binaries come from (CHATMESH_KIND_APP_BUILD):
+#   host    (default) this machine's cargo build in the dev profile, the one e2e/test.sh builds
+#           (after the test suite, as in CI, there is nothing left to compile), put in the images
+#           by the Dockerfiles' BUILD=prebuilt stage; the images are otherwise the same.
+#   source  the Dockerfiles' own release build inside Docker, as a user's `docker build` does
+#           (crates from crates.io inside the build; ~30 min more on a cold 2-core machine).
+APP_BUILD="${CHATMESH_KIND_APP_BUILD:-host}"
+DOCKERFILE_BUILD=source
+[[ "$APP_BUILD" == host ]] && DOCKERFILE_BUILD=prebuilt
+PREBUILT="$ROOT/e2e/kind/prebuilt"
 # The Dockerfiles' RUNTIME_IMAGE: the base with this machine's CAs (as the rust image has them),
 # because the chatmesh image's web stage runs npm on it and npm reaches its registry through
 # this machine's egress; NODE_EXTRA_CA_CERTS because Node may keep its own CA list.
@@ -429,17 +439,48 @@ build_runtime() {
   rm -rf "$ctx"
 }
 build_app() { # build_app DOCKERFILE IMAGE [DOCKER BUILD ARG...]
-  sed '/^# syntax=/d' "$ROOT/$1" | "${NICE[@]}" "$DOCKER" build -f - \
+  sed '/^# syntax=/d' "$ROOT/$1" | "${NICE[@]}" "$DOCKER" build -f - --build-arg BUILD="$DOCKERFILE_BUILD" \
     --build-arg RUST_IMAGE="$RUST_IMAGE" --build-arg RUNTIME_IMAGE="$RUNTIME_IMAGE" -t "$2" "${@:3}" "$ROOT"
 }
+# host_binary PACKAGE NAME [CARGO ARG...]: cargo build of PACKAGE's binary on this machine, copied
+# to $PREBUILT/NAME without its debug info (the symbols stay, for panics' backtraces).
+host_binary() {
+  local target="${CARGO_TARGET_DIR:-target}"
+  (cd "$ROOT" && "${NICE[@]}" cargo build --locked -p "$1" --bin "$1" "${@:3}")
+  [[ "$target" == /* ]] || target="$ROOT/$target"
+  mkdir -p "$PREBUILT"
+  objcopy --strip-debug "$target/debug/$1" "$PREBUILT/$2"
+}
+build_host_binaries() {
+  host_binary chatmesh chatmesh-next --features chatmesh-common/kind-next-migration
+  host_binary chatmesh chatmesh
+  host_binary chatmesh-operator chatmesh-operator
+}
+# The binaries link this machine's glibc: the images' Debian must have the same or a newer one.
+check_glibc() {
+  local host image
+  host="$(getconf GNU_LIBC_VERSION | awk '{print $2}')"
+  image="$("$DOCKER" run --rm "$BASE_IMAGE" getconf GNU_LIBC_VERSION | awk '{print $2}')"
+  [[ "$(printf '%s\n' "$host" "$image" | sort -V | tail -1)" == "$image" ]] ||
+    die "this machine's glibc $host is newer than $SUITE's $image: its binaries would not run there (CHATMESH_KIND_APP_BUILD=source builds them inside Docker)"
+}
 step_apps() {
+  [[ "$APP_BUILD" == host || "$APP_BUILD" == source ]] || die "CHATMESH_KIND_APP_BUILD is host or source, not $APP_BUILD"
   timed runtime-image build_runtime
+  if [[ "$APP_BUILD" == host ]]; then
+    check_glibc
+    command -v objcopy >/dev/null || apt_install binutils
+    # The -next variant first, so that the last build leaves target/debug/chatmesh as the tests use it.
+    timed host-binaries build_host_binaries
+  fi
   # No input hash: the Docker build cache makes an unchanged rebuild a no-op.
   timed operator-image build_app operator/Dockerfile "$APP_OPERATOR_IMAGE:$APP_TAG"
   timed chatmesh-image build_app services/chatmesh/Dockerfile "$APP_IMAGE:$APP_TAG"
   # run.sh's upgrade: the same image plus one test-only migration (a real schema change).
+  [[ "$APP_BUILD" == source ]] || cp "$PREBUILT/chatmesh-next" "$PREBUILT/chatmesh"
   timed chatmesh-next-image build_app services/chatmesh/Dockerfile "$APP_IMAGE:$APP_TAG-next" \
     --build-arg CARGO_FEATURES=chatmesh-common/kind-next-migration
+  rm -rf "$PREBUILT"
 }
 
 # ---- smoke: a cluster from the node image reaches Ready ---------------------------------------
