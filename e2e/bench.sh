@@ -14,6 +14,7 @@
 #                                    # (ROUNDS=3), with the ratios of their percentiles
 #   bash e2e/bench.sh tls            # standalone latency, internal mTLS off and on in alternating rounds (ROUNDS=2)
 #   bash e2e/bench.sh abuse          # hostile and heavy clients (standalone): memory and push size
+#   bash e2e/bench.sh idle           # memory per idle WebSocket alone (standalone; IDLE connections)
 # RATE, DURATION, BURST, IDLE, ROUNDS, MEMBERS, MESSAGES, FANOUT_RATE, TLS, BUILD tune them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -120,6 +121,11 @@ tls)
     stop_all
     rm -rf "${dir:?}/files" "$dir/chatmesh.db"*
   done
+  ;;
+idle)
+  start 19099 --target all "${common[@]}" $(ports 19000) $(addrs 19000)
+  echo "== memory per idle WebSocket ($idle connections)"
+  "${load[@]}" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 idle --connections "$idle" --gateway-pid "${pids[0]}"
   ;;
 abuse)
   start 19099 --target all "${common[@]}" $(ports 19000) $(addrs 19000)

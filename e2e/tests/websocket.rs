@@ -65,6 +65,24 @@ async fn bad_sessions_and_frames_are_closed() {
     }
 }
 
+/// A session that ends (here: logout) closes its open connections at the next ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_ends_closes_its_websocket() {
+    for s in stacks().await {
+        let (_, session) = s.user("leaving").await;
+        let mut ws = s.client.notifications("/ws", &session).await.unwrap();
+        assert_eq!(ws.next(Duration::from_millis(500)).await, Event::Quiet, "a live session stays connected");
+        let req = chatmesh_proto::UserLogoutReq {
+            request_id: chatmesh_e2e::rid(),
+            session_id: Some(session.clone()),
+            ..Default::default()
+        };
+        let _: chatmesh_proto::UserLogoutRsp = s.client.ok("/service/user/logout", &req).await.unwrap();
+        closed_with(ws.next(Duration::from_secs(3)).await, "session expired");
+        s.stop().await;
+    }
+}
+
 trait Encode {
     fn encode(&self) -> Vec<u8>;
 }

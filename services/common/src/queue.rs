@@ -18,7 +18,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tracing::Instrument;
 
@@ -75,7 +75,7 @@ pub fn open(
         Ok(Arc::new(MemoryQueue { tx, rx: Mutex::new(rx) }))
     } else if url.starts_with("database:") {
         let db = db.ok_or_else(|| BackendError::Queue("database:// needs a database".into()))?;
-        Ok(Arc::new(DbQueue { db: db.clone(), publish_timeout, ready: Notify::new() }))
+        Ok(Arc::new(DbQueue::new(db.clone(), publish_timeout)))
     } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
         let q = Arc::new(AmqpQueue {
             url: with_heartbeat(url),
@@ -468,12 +468,70 @@ const DB_QUEUE: &str = "queued_message";
 /// seq, body, traceparent, published_ms.
 type QueuedRow = (i64, Vec<u8>, Option<String>, Option<i64>);
 
+/// Most publishes written in one transaction by the database queue's writer.
+const PUBLISH_BATCH: usize = 256;
+/// Publishes waiting for the writer beyond which `publish` waits (within its timeout).
+const PUBLISH_BACKLOG: usize = 4096;
+
 /// Standalone: the queue is a table of the relational database, so what a send acknowledged
 /// survives a crash of the process. One consumer (the one process) drains it in order.
+///
+/// Publishes go through one writer task that commits every publish waiting at that moment in
+/// one multi-row INSERT (group commit): SQLite takes one writer at a time, and concurrent
+/// per-message transactions spent their time waiting for its lock (busy-timeout sleeps). Each
+/// `publish` still returns only after the transaction holding its row committed.
 pub struct DbQueue {
     db: Database,
     publish_timeout: Duration,
-    ready: Notify,
+    ready: Arc<Notify>,
+    writer: mpsc::Sender<Pending>,
+}
+
+/// A publish waiting for the writer, and where to tell it how the commit went.
+struct Pending {
+    body: Vec<u8>,
+    context: Context,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+impl DbQueue {
+    fn new(db: Database, publish_timeout: Duration) -> Self {
+        let (writer, pending) = mpsc::channel(PUBLISH_BACKLOG);
+        let ready = Arc::new(Notify::new());
+        tokio::spawn(write_queued(db.clone(), pending, ready.clone()));
+        Self { db, publish_timeout, ready, writer }
+    }
+}
+
+/// The writer: ends when its queue is dropped.
+async fn write_queued(db: Database, mut pending: mpsc::Receiver<Pending>, ready: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while pending.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        // A publisher that gave up (its timeout) was told the send failed: not queued then.
+        batch.retain(|p: &Pending| !p.done.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "INSERT INTO queued_message (body, traceparent, published_ms) VALUES {}",
+            vec!["(?, ?, ?)"; batch.len()].join(", ")
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for p in &mut batch {
+            insert = insert.bind(std::mem::take(&mut p.body)).bind(p.context.traceparent.take()).bind(p.context.published_ms);
+        }
+        let outcome = match tokio::time::timeout(OP_TIMEOUT, insert.execute(&db.pool)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the database did not take the message in time".to_string()),
+        };
+        if outcome.is_ok() {
+            ready.notify_one();
+        }
+        for p in batch.drain(..) {
+            let _ = p.done.send(outcome.clone());
+        }
+    }
 }
 
 #[async_trait]
@@ -481,17 +539,15 @@ impl MessageQueue for DbQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
         let span = publish_span(DB_QUEUE);
         let context = Context::of(&span);
-        let insert = sqlx::query("INSERT INTO queued_message (body, traceparent, published_ms) VALUES (?, ?, ?)")
-            .bind(body)
-            .bind(context.traceparent)
-            .bind(context.published_ms)
-            .execute(&self.db.pool);
-        match tokio::time::timeout(self.publish_timeout, insert).instrument(span).await {
-            Ok(done) => done?,
-            Err(_) => return Err(BackendError::Queue("the database did not take the message in time".into())),
+        let (done, committed) = oneshot::channel();
+        let queued = async {
+            self.writer.send(Pending { body, context, done }).await.map_err(|_| "the queue writer stopped".to_string())?;
+            committed.await.map_err(|_| "the queue writer stopped".to_string())?
         };
-        self.ready.notify_one();
-        Ok(())
+        match tokio::time::timeout(self.publish_timeout, queued).instrument(span).await {
+            Ok(outcome) => outcome.map_err(BackendError::Queue),
+            Err(_) => Err(BackendError::Queue("the database did not take the message in time".into())),
+        }
     }
 
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
@@ -700,6 +756,46 @@ mod tests {
         consumer.await.unwrap();
         let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM queued_message").fetch_one(&db.pool).await.unwrap();
         assert_eq!(left, 0, "consumed messages leave the queue");
+    }
+
+    /// Concurrent publishes share transactions; each still gets its own acknowledgement, and
+    /// every message is consumed exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_queue_commits_concurrent_publishes_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
+        let db = Database::connect(&url, 4).await.unwrap();
+        db.migrate().await.unwrap();
+        let queue = open("database://", "q", Duration::from_secs(5), Some(&db), &Health::default(), BOTH).unwrap();
+        let publishes: Vec<_> = (0..2000u32)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.publish(i.to_be_bytes().to_vec()).await })
+            })
+            .collect();
+        for p in publishes {
+            p.await.unwrap().unwrap();
+        }
+        let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM queued_message").fetch_one(&db.pool).await.unwrap();
+        assert_eq!(queued, 2000, "every acknowledged publish is in the table");
+        let handler = Arc::new(Flaky::default());
+        handler.calls.store(1, Ordering::SeqCst);
+        let (stop, shutdown) = watch::channel(false);
+        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
+        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
+        for _ in 0..200 {
+            if handler.seen.lock().unwrap().len() >= 2000 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        consumer.await.unwrap();
+        let mut seen = handler.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2000, "nothing consumed twice");
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 2000, "every message consumed");
     }
 
     #[test]

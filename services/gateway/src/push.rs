@@ -3,7 +3,7 @@
 //! A notification is encoded once and the same bytes are queued for every device; each
 //! device's queue is bounded in bytes, and a device that falls behind is told to close.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -61,24 +61,41 @@ impl Push {
     }
 }
 
-/// What the deliverers and the connection's writer share.
+/// What the deliverers and the connection's task share: its queue of pushes (bounded in bytes
+/// by `queued_bytes`; a plain deque, which holds no memory while empty, where a channel would
+/// keep a block of slots per idle connection), why it must close, and the wake-up for both.
 pub struct DeviceState {
     queued_bytes: AtomicUsize,
-    evicted: Mutex<Option<Eviction>>,
+    inner: Mutex<DeviceQueue>,
     closing: AtomicBool,
     pub wake: Notify,
 }
 
+#[derive(Default)]
+struct DeviceQueue {
+    pushes: VecDeque<Push>,
+    evicted: Option<Eviction>,
+}
+
 impl DeviceState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeviceQueue> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn eviction(&self) -> Option<Eviction> {
-        *self.evicted.lock().unwrap_or_else(|e| e.into_inner())
+        self.lock().evicted
     }
 
     fn evict(&self, why: Eviction) {
         if !self.closing.swap(true, Ordering::AcqRel) {
-            *self.evicted.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            self.lock().evicted = Some(why);
             self.wake.notify_one();
         }
+    }
+
+    fn enqueue(&self, push: Push) {
+        self.lock().pushes.push_back(push);
+        self.wake.notify_one();
     }
 
     /// The writer sent `len` bytes: room for more.
@@ -91,7 +108,6 @@ impl DeviceState {
 struct Device {
     id: u64,
     session_id: String,
-    tx: mpsc::UnboundedSender<Push>,
     state: Arc<DeviceState>,
 }
 
@@ -126,10 +142,21 @@ impl Default for Connections {
 /// A registered connection; dropping it unregisters.
 pub struct Registration {
     pub id: u64,
-    pub frames: mpsc::UnboundedReceiver<Push>,
     pub state: Arc<DeviceState>,
     user_id: String,
     owner: Connections,
+}
+
+impl Registration {
+    /// The oldest queued push. A drained queue gives its memory back (a burst may have grown it).
+    pub fn next_push(&self) -> Option<Push> {
+        let mut queue = self.state.lock();
+        let push = queue.pushes.pop_front();
+        if queue.pushes.is_empty() && queue.pushes.capacity() > 0 {
+            queue.pushes = VecDeque::new();
+        }
+        push
+    }
 }
 
 impl Drop for Registration {
@@ -169,10 +196,9 @@ impl Connections {
 
     pub fn register(&self, user_id: &str, session_id: &str) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, frames) = mpsc::unbounded_channel();
         let state = Arc::new(DeviceState {
             queued_bytes: AtomicUsize::new(0),
-            evicted: Mutex::new(None),
+            inner: Mutex::default(),
             closing: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -184,12 +210,12 @@ impl Connections {
         for oldest in open.iter().take((open.len() + 1).saturating_sub(max)) {
             oldest.state.evict(Eviction::Replaced);
         }
-        devices.push(Device { id, session_id: session_id.to_string(), tx, state: state.clone() });
+        devices.push(Device { id, session_id: session_id.to_string(), state: state.clone() });
         if devices.len() == 1 {
             self.presence_changed(PresenceChange::Online(user_id.to_string()));
         }
         metrics::gauge!("chatmesh_gateway_websockets").increment(1.0);
-        Registration { id, frames, state, user_id: user_id.to_string(), owner: self.clone() }
+        Registration { id, state, user_id: user_id.to_string(), owner: self.clone() }
     }
 
     /// Queues `push` (an encoded `NotifyMessage`, shared, not copied) for every connection of
@@ -212,11 +238,8 @@ impl Connections {
                 d.state.evict(Eviction::TooSlow);
                 continue;
             }
-            if d.tx.send(push.clone()).is_ok() {
-                delivered += 1;
-            } else {
-                d.state.sent(cost);
-            }
+            d.state.enqueue(push.clone());
+            delivered += 1;
         }
         delivered
     }
@@ -244,14 +267,14 @@ mod tests {
         let c = Connections::default();
         let (tx, mut presence) = mpsc::unbounded_channel();
         c.report_presence(tx);
-        let mut a = c.register("u", "session-a");
-        let mut b = c.register("u", "session-b");
+        let a = c.register("u", "session-a");
+        let b = c.register("u", "session-b");
         assert_eq!(presence.try_recv().unwrap(), PresenceChange::Online("u".into()));
         assert!(presence.try_recv().is_err(), "a second device changes nothing");
         let n = NotifyMessage { notify_type: 3, ..Default::default() };
         assert_eq!(c.deliver("u", &n, Some("session-a")), 1);
-        assert!(a.frames.try_recv().is_err());
-        assert_eq!(NotifyMessage::decode(b.frames.try_recv().unwrap().frame).unwrap(), n);
+        assert!(a.next_push().is_none());
+        assert_eq!(NotifyMessage::decode(b.next_push().unwrap().frame).unwrap(), n);
         drop(a);
         assert_eq!(c.connected("u"), 1);
         drop(b);
@@ -264,7 +287,7 @@ mod tests {
     fn a_device_that_does_not_read_is_evicted_and_frames_are_shared() {
         let c = Connections::default();
         c.configure(10_000, 8);
-        let mut slow = c.register("u", "s");
+        let slow = c.register("u", "s");
         let frame = Bytes::from(vec![7u8; 1000]);
         let push = Push::local(frame.clone());
         let mut delivered = 0;
@@ -273,8 +296,13 @@ mod tests {
         }
         assert_eq!(delivered, 9, "10,000 bytes hold nine 1,000-byte frames with their overhead");
         assert_eq!(slow.state.eviction(), Some(Eviction::TooSlow));
-        let queued = slow.frames.try_recv().unwrap();
+        let queued = slow.next_push().unwrap();
         assert_eq!(queued.frame.as_ptr(), frame.as_ptr(), "one encoding, shared by every queue");
+        for _ in 0..8 {
+            assert!(slow.next_push().is_some());
+        }
+        assert!(slow.next_push().is_none());
+        assert_eq!(slow.state.lock().pushes.capacity(), 0, "a drained queue holds no memory");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `ClientAuthenticationReq` (no reply, as in the seed), then receives binary `NotifyMessage`
 //! frames. A bad or expired session closes the socket; the server pings to detect dead peers.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -10,11 +10,10 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use axum::response::Response;
 use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::ClientAuthenticationReq;
-use futures_util::{SinkExt, StreamExt};
 use prost::Message;
 
 use crate::Gateway;
-use crate::push::Eviction;
+use crate::push::{Eviction, Push, Registration};
 
 /// Close code for a refused session (4000-4999 are the application's).
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
@@ -32,120 +31,116 @@ pub fn router(gateway: Gateway) -> Router {
 }
 
 pub async fn upgrade(State(gw): State<Gateway>, ws: WebSocketUpgrade) -> Response {
-    // A small read buffer keeps idle connections at a few KB instead of ~130 KB each.
-    ws.read_buffer_size(4096)
+    let conn = Conn {
+        sessions: gw.sessions.clone(),
+        push: gw.push.clone(),
+        auth_timeout: gw.args.ws_auth_timeout,
+        ping_interval: gw.args.ws_ping_interval,
+        send_timeout: gw.args.ws_send_timeout,
+    };
+    // A small read buffer: clients send one auth frame and pongs (tungstenite allocates it up
+    // front, 128 KB by default; a larger frame still reads, in more calls).
+    ws.read_buffer_size(256)
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .on_upgrade(move |socket| serve(gw, socket))
+        .on_upgrade(move |socket| serve(conn, socket))
 }
 
-async fn serve(gw: Gateway, mut socket: WebSocket) {
-    let Some((user_id, session_id)) = authenticate(&gw, &mut socket).await else {
+/// What a connection needs from the gateway and no more: an idle connection holds it, inline
+/// in its task, for as long as it is open (the whole `Gateway`, with its gRPC clients, is ~2 KB).
+struct Conn {
+    sessions: chatmesh_common::sessions::LoginSessions,
+    push: crate::push::Connections,
+    auth_timeout: Duration,
+    ping_interval: Duration,
+    send_timeout: Duration,
+}
+
+/// One task per connection: it sends queued pushes, reads pongs, pings, and re-checks the
+/// session on each tick (one task and no channels keep an idle connection at a few KB).
+async fn serve(conn: Conn, mut socket: WebSocket) {
+    // Boxed: this future exists only during the handshake, so its size stays out of the task's.
+    let Some((user_id, session_id)) = Box::pin(authenticate(&conn, &mut socket)).await else {
         return;
     };
-    let registration = gw.push.register(&user_id, &session_id);
-    tracing::debug!(%user_id, conn = registration.id, "websocket authenticated");
-    let (tx, mut rx) = socket.split();
-    // Pings and closes go through the writer too, but the reader below never waits for it:
-    // a full control queue means the writer is stuck, and the connection ends.
-    let (control, control_rx) = tokio::sync::mpsc::channel::<WsMessage>(4);
-    let mut writer = tokio::spawn(write_frames(tx, registration, control_rx, gw.args.ws_send_timeout));
-    let interval = gw.args.ws_ping_interval;
+    let device = conn.push.register(&user_id, &session_id);
+    tracing::debug!(%user_id, conn = device.id, "websocket authenticated");
+    let interval = conn.ping_interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_pong = Instant::now();
     loop {
+        if let Some(why) = device.state.eviction() {
+            let (code, reason) = match why {
+                Eviction::Replaced => (CLOSE_REPLACED, "too many devices; this one is the oldest"),
+                Eviction::TooSlow => (CLOSE_TOO_SLOW, "too slow: pushes were not read in time; reload history"),
+            };
+            let _ = tokio::time::timeout(conn.send_timeout, socket.send(close(code, reason))).await;
+            return;
+        }
+        if let Some(push) = device.next_push() {
+            if !send_push(&mut socket, &device, push, conn.send_timeout).await {
+                return;
+            }
+            continue;
+        }
+        // Every branch is cancel-safe: a wake-up lost to another branch is made up for by the
+        // checks at the top of the loop.
         tokio::select! {
-            _ = &mut writer => return,
-            incoming = rx.next() => match incoming {
+            biased;
+            () = device.state.wake.notified() => {}
+            incoming = socket.recv() => match incoming {
                 Some(Ok(WsMessage::Pong(_))) => last_pong = Instant::now(),
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {} // clients have nothing more to say; pings are answered by axum
             },
             _ = ticker.tick() => {
                 if last_pong.elapsed() > interval * 2 + interval / 2 {
                     tracing::debug!(%user_id, "websocket missed its pongs; closing");
-                    break;
+                    return;
                 }
                 // A session that expired (or was revoked) ends its connections too.
-                if !matches!(gw.sessions.resolve(&session_id).await, Ok(Some(ref u)) if *u == user_id) {
-                    let _ = control.try_send(close(CLOSE_UNAUTHORIZED, "session expired"));
-                    break;
-                }
-                if control.try_send(WsMessage::Ping(Default::default())).is_err() {
-                    break;
+                let live = Box::pin(conn.sessions.resolve(&session_id)).await;
+                let frame = if matches!(live, Ok(Some(ref u)) if *u == user_id) {
+                    WsMessage::Ping(Default::default())
+                } else {
+                    close(CLOSE_UNAUTHORIZED, "session expired")
+                };
+                let closing = matches!(frame, WsMessage::Close(_));
+                if !matches!(tokio::time::timeout(conn.send_timeout, socket.send(frame)).await, Ok(Ok(()))) || closing {
+                    return;
                 }
             }
         }
     }
-    // Give the writer a moment to send a close frame, then drop the connection regardless.
-    drop(control);
-    if tokio::time::timeout(gw.args.ws_send_timeout.min(std::time::Duration::from_secs(1)), &mut writer).await.is_err()
-    {
-        writer.abort();
-    }
 }
 
-/// Sends queued pushes and control frames; each send gets `send_timeout`. Ends (closing the
-/// socket with a reason where it still can) when the device is evicted or a send is stuck.
-async fn write_frames(
-    mut tx: futures_util::stream::SplitSink<WebSocket, WsMessage>,
-    mut registration: crate::push::Registration,
-    mut control: tokio::sync::mpsc::Receiver<WsMessage>,
-    send_timeout: std::time::Duration,
-) {
-    let state = registration.state.clone();
-    loop {
-        let (message, cost, push) = tokio::select! {
-            biased;
-            _ = state.wake.notified() => {
-                let (code, reason) = match state.eviction() {
-                    Some(Eviction::Replaced) => (CLOSE_REPLACED, "too many devices; this one is the oldest"),
-                    _ => (CLOSE_TOO_SLOW, "too slow: pushes were not read in time; reload history"),
-                };
-                let _ = tokio::time::timeout(send_timeout, tx.send(close(code, reason))).await;
-                return;
-            }
-            ctl = control.recv() => match ctl {
-                Some(message) => {
-                    let closing = matches!(message, WsMessage::Close(_));
-                    let _ = tokio::time::timeout(send_timeout, tx.send(message)).await;
-                    if closing {
-                        return;
-                    }
-                    continue;
-                }
-                None => return,
-            },
-            push = registration.frames.recv() => match push {
-                Some(push) => (WsMessage::Binary(push.frame.clone()), push.cost(), push),
-                None => return,
-            },
-        };
-        let started = Instant::now();
-        let sent = tokio::time::timeout(send_timeout, tx.send(message)).await;
-        Hop::WebsocketWrite.record(started);
-        state.sent(cost);
-        match sent {
-            Ok(Ok(())) => {
-                metrics::histogram!("chatmesh_gateway_push_seconds", "path" => push.path.label())
-                    .record(push.accepted.elapsed().as_secs_f64());
-            }
-            Ok(Err(_)) => return,
-            Err(_) => {
-                metrics::counter!("chatmesh_gateway_websocket_evictions_total", "reason" => "stuck").increment(1);
-                return;
-            }
+/// Writes one push within `send_timeout`, recording its latency; false ends the connection.
+async fn send_push(socket: &mut WebSocket, device: &Registration, push: Push, send_timeout: Duration) -> bool {
+    let started = Instant::now();
+    let sent = tokio::time::timeout(send_timeout, socket.send(WsMessage::Binary(push.frame.clone()))).await;
+    Hop::WebsocketWrite.record(started);
+    device.state.sent(push.cost());
+    match sent {
+        Ok(Ok(())) => {
+            metrics::histogram!("chatmesh_gateway_push_seconds", "path" => push.path.label())
+                .record(push.accepted.elapsed().as_secs_f64());
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            metrics::counter!("chatmesh_gateway_websocket_evictions_total", "reason" => "stuck").increment(1);
+            false
         }
     }
 }
 
 /// Waits for the auth frame; on failure closes the socket with a reason and returns `None`.
-async fn authenticate(gw: &Gateway, socket: &mut WebSocket) -> Option<(String, String)> {
-    let first = tokio::time::timeout(gw.args.ws_auth_timeout, socket.recv()).await;
+async fn authenticate(conn: &Conn, socket: &mut WebSocket) -> Option<(String, String)> {
+    let first = tokio::time::timeout(conn.auth_timeout, socket.recv()).await;
     let refusal = match first {
         Err(_) => "no ClientAuthenticationReq in time",
         Ok(Some(Ok(WsMessage::Binary(bytes)))) => match auth_session(&bytes) {
-            Ok(session_id) => match gw.sessions.resolve(&session_id).await {
+            Ok(session_id) => match conn.sessions.resolve(&session_id).await {
                 Ok(Some(user_id)) => return Some((user_id, session_id)),
                 Ok(None) => "invalid or expired session",
                 Err(e) => {
