@@ -518,7 +518,10 @@ async fn write_queued(db: Database, mut pending: mpsc::Receiver<Pending>, ready:
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for p in &mut batch {
-            insert = insert.bind(std::mem::take(&mut p.body)).bind(p.context.traceparent.take()).bind(p.context.published_ms);
+            insert = insert
+                .bind(std::mem::take(&mut p.body))
+                .bind(p.context.traceparent.take())
+                .bind(p.context.published_ms);
         }
         let outcome = match tokio::time::timeout(OP_TIMEOUT, insert.execute(&db.pool)).await {
             Ok(Ok(_)) => Ok(()),
@@ -541,7 +544,10 @@ impl MessageQueue for DbQueue {
         let context = Context::of(&span);
         let (done, committed) = oneshot::channel();
         let queued = async {
-            self.writer.send(Pending { body, context, done }).await.map_err(|_| "the queue writer stopped".to_string())?;
+            self.writer
+                .send(Pending { body, context, done })
+                .await
+                .map_err(|_| "the queue writer stopped".to_string())?;
             committed.await.map_err(|_| "the queue writer stopped".to_string())?
         };
         match tokio::time::timeout(self.publish_timeout, queued).instrument(span).await {
@@ -776,7 +782,8 @@ mod tests {
         for p in publishes {
             p.await.unwrap().unwrap();
         }
-        let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM queued_message").fetch_one(&db.pool).await.unwrap();
+        let (queued,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM queued_message").fetch_one(&db.pool).await.unwrap();
         assert_eq!(queued, 2000, "every acknowledged publish is in the table");
         let handler = Arc::new(Flaky::default());
         handler.calls.store(1, Ordering::SeqCst);
