@@ -136,12 +136,14 @@ standalone | full)
   [[ $mode == full && ${TLS:-on} == on ]] && make_certs
   start 19099 --target all "${common[@]}" "${backends[@]}" $(ports 19000) $(addrs 19000) "${tls[@]}"
   one=(--http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics)
+  # First, on the fresh process: after the burst the allocator holds freed memory that new
+  # connections reuse, and the growth of RSS would say nothing.
+  echo "== memory per idle WebSocket ($idle connections)"
+  "${load[@]}" "${one[@]}" idle --connections "$idle" --gateway-pid "${pids[0]}"
   echo "== latency at $rate msg/s for $duration (internal mTLS $( ((${#tls[@]})) && echo on || echo off); load average $(loadavg))"
   "${load[@]}" "${one[@]}" messages --rate "$rate" --duration "$duration"
   echo "== storage throughput: a burst offered at $burst msg/s for 5s (load average $(loadavg))"
   "${load[@]}" "${one[@]}" messages --rate "$burst" --duration 5s --concurrency 512
-  echo "== memory per idle WebSocket ($idle connections)"
-  "${load[@]}" "${one[@]}" idle --connections "$idle" --gateway-pid "${pids[0]}"
   ;;
 compare)
   a="${2:?usage: bench.sh compare <binary A> <binary B>}"

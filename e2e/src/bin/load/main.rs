@@ -462,7 +462,7 @@ async fn messages(
     let stored_at = loop {
         let mut stored = 0usize;
         for (_, _, chat, b) in chats.iter() {
-            stored += client.history(b, chat, 0, i64::MAX).await.map(|m| m.len()).unwrap_or(0);
+            stored += stored_in(&client, b, chat).await;
         }
         if stored >= acked || started.elapsed() > duration * 10 {
             break (stored, started.elapsed().as_secs_f64());
@@ -508,6 +508,25 @@ async fn print_hops(metrics: &[String], before: &hops::Snapshot) {
     let after = hops::scrape(metrics).await;
     println!("per-hop breakdown (chatmesh_message_hop_seconds, {} process(es)):", metrics.len());
     print!("{}", after.since(before).table());
+}
+
+/// The messages of `chat` in its history. A history call returns at most 1,000 (the oldest of
+/// its time range): page forward from the last one's time, counting each id once.
+async fn stored_in(client: &Client, session: &str, chat: &str) -> usize {
+    const PAGE: usize = 1000;
+    let mut seen = std::collections::HashSet::new();
+    let mut from = 0;
+    loop {
+        let page = client.history(session, chat, from, i64::MAX).await.unwrap_or_default();
+        let (full, last) = (page.len() >= PAGE, page.last().map(|m| m.timestamp));
+        let before = seen.len();
+        seen.extend(page.into_iter().map(|m| m.message_id));
+        match last {
+            // A full page that added nothing: more than a page within one timestamp; stop.
+            Some(t) if full && seen.len() > before => from = t,
+            _ => return seen.len(),
+        }
+    }
 }
 
 async fn idle(client: Client, connections: usize, pid: u32) {
