@@ -51,12 +51,15 @@ apt_install() {
 
 # start_bg LOGFILE CMD...: start a daemon detached from our stdio and session;
 # its pid goes to BG_PID. Its stdout must not be our stdout: callers run us
-# inside $(...), which would otherwise wait for the daemon to exit.
+# inside $(...), which would otherwise wait for the daemon to exit. It runs in
+# its log's directory, not ours: a daemon outlives the checkout that started it
+# (RabbitMQ's stop_app fails with enoent once its working directory is gone).
+# CMD's paths must be absolute.
 BG_PID=
 start_bg() {
   local logfile=$1
   shift
-  setsid "$@" </dev/null >>"$logfile" 2>&1 &
+  (cd "$(dirname "$logfile")" && exec setsid "$@" </dev/null >>"$logfile" 2>&1) &
   BG_PID=$!
 }
 
