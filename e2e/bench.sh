@@ -104,6 +104,16 @@ stop_all() {
 trap 'stop_all; drop_db; rm -rf "$dir"' EXIT
 
 load=("$bin/chatmesh-load")
+# The processes whose CPU time per message the load tool reports (`--cpu name:pid,...`):
+# chatmesh's and the servers'.
+cpu_pids() {
+  local p name list=()
+  for p in "${pids[@]}"; do list+=("chatmesh:$p"); done
+  for name in mariadbd redis-server beam.smp java; do
+    for p in $(pgrep -x "$name"); do list+=("$name:$p"); done
+  done
+  (IFS=,; echo "${list[*]}")
+}
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "== $mode: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 # shellcheck disable=SC2046 # ports/addrs print flags meant to split
@@ -135,7 +145,8 @@ standalone | full)
   [[ $mode == full ]] && full_backends
   [[ $mode == full && ${TLS:-on} == on ]] && make_certs
   start 19099 --target all "${common[@]}" "${backends[@]}" $(ports 19000) $(addrs 19000) "${tls[@]}"
-  one=(--http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics)
+  one=(--http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics
+    --cpu "$(cpu_pids)")
   # First, on the fresh process: after the burst the allocator holds freed memory that new
   # connections reuse, and the growth of RSS would say nothing.
   echo "== memory per idle WebSocket ($idle connections)"
@@ -163,7 +174,7 @@ compare)
       start 19099 --target all "${common[@]}" "${ns[@]}" $(ports 19000) $(addrs 19000) "${tls[@]}"
       echo "== round $round, $side ($chatmesh), load average $(loadavg)"
       "${load[@]}" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics \
-        messages --rate "$rate" --duration "$duration" | tee "$out/$side$round"
+        --cpu "$(cpu_pids)" messages --rate "$rate" --duration "$duration" | tee "$out/$side$round"
       stop_all
     done
   done
@@ -205,7 +216,7 @@ scale)
   for k in 1 2 3 4 5 6; do metrics+=",http://127.0.0.1:$((19099 + 100 * k))/metrics"; done
   gateways="http://127.0.0.1:19100,http://127.0.0.1:19200"
   sockets="ws://127.0.0.1:19101,ws://127.0.0.1:19201"
-  two=(--http "$gateways" --ws "$sockets" --metrics "$metrics")
+  two=(--http "$gateways" --ws "$sockets" --metrics "$metrics" --cpu "$(cpu_pids)")
   echo "== 7 processes; latency at $rate msg/s for $duration, every push across gateways (load average $(loadavg))"
   "${load[@]}" "${two[@]}" messages --rate "$rate" --duration "$duration"
   echo "== storage throughput: a burst offered at $burst msg/s for 5s (load average $(loadavg))"

@@ -334,6 +334,16 @@ async fn bodies_are_bounded_and_slow_connections_closed() {
         let body = &answer[..n];
         assert!(body.windows(18).any(|w| w == b"invalid or expired"), "{}", String::from_utf8_lossy(body));
 
+        // A live session first (the early check resolves it), then the field again: the decoded
+        // request carries the last one, and that one is what is judged.
+        let live = PutSingleFileReq { request_id: rid(), session_id: Some(me.clone()), ..Default::default() };
+        let mut body = live.encode_to_vec();
+        body.extend(PutSingleFileReq { session_id: Some("forged".into()), ..Default::default() }.encode_to_vec());
+        let (status, answer) =
+            s.client.post_raw("/service/file/put_single_file", "application/x-protobuf", body).await.unwrap();
+        let rsp = PutSingleFileRsp::decode(answer.as_slice()).unwrap();
+        assert!(status == 200 && !rsp.success && rsp.errmsg.contains("invalid or expired"), "{status} {}", rsp.errmsg);
+
         // Headers dribbled one line at a time, and a connection that says nothing: closed.
         for dribble in [true, false] {
             let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();

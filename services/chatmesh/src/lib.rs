@@ -71,6 +71,11 @@ pub struct Cli {
     /// How long a send keeps retrying the broker before it reports failure.
     #[arg(long, env = "CHATMESH_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
+    /// How long message storage gathers queued messages into one batch (one insert, one bulk
+    /// index, one acknowledgement) after the first arrived: history sees a message up to this
+    /// much later; pushes never wait for it.
+    #[arg(long, env = "CHATMESH_STORAGE_BATCH_WINDOW", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub storage_batch_window: Duration,
     /// Directory of uploaded files [default: `<data-dir>/files`].
     #[arg(long, env = "CHATMESH_FILES_DIR")]
     pub files_dir: Option<PathBuf>,
@@ -299,6 +304,7 @@ impl Backends {
                 &cli.amqp_url,
                 &cli.amqp_queue,
                 cli.publish_timeout,
+                cli.storage_batch_window,
                 db.as_ref(),
                 &health,
                 roles,

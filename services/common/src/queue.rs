@@ -27,8 +27,9 @@ use crate::{BackendError, Database};
 
 /// Most messages handed to a consumer at once (also the broker prefetch).
 pub const BATCH: usize = 200;
-/// How long a consumer gathers messages into a batch after the first one arrived.
-const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// How long a consumer gathers messages into a batch after the first one arrived, unless
+/// configured.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Deadline of one exchange with the broker (connect, declare, ack, probe).
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle consumer proves its connection alive this often (beside AMQP heartbeats).
@@ -66,6 +67,7 @@ pub fn open(
     url: &str,
     queue: &str,
     publish_timeout: Duration,
+    batch_window: Duration,
     db: Option<&Database>,
     health: &Health,
     roles: Roles,
@@ -81,6 +83,7 @@ pub fn open(
             url: with_heartbeat(url),
             queue: queue.to_string(),
             publish_timeout,
+            batch_window,
             channel: Mutex::new(None),
             publisher: health.link("amqp-publisher", roles.publish),
             consumer: health.link("amqp-consumer", roles.consume),
@@ -129,6 +132,8 @@ pub struct AmqpQueue {
     url: String,
     queue: String,
     publish_timeout: Duration,
+    /// How long the consumer gathers a batch (see [`BATCH_WINDOW`]).
+    batch_window: Duration,
     /// The publishing channel (confirm mode), shared by all concurrent publishers so their
     /// confirms pipeline; replaced after any failure. The number tells connections apart.
     channel: Mutex<Option<(u64, Connection, Channel)>>,
@@ -272,7 +277,7 @@ impl AmqpQueue {
             // Gather for a short window after the first message: each batch costs one insert,
             // one bulk index and one ack, so fewer, larger batches leave more CPU to the sends
             // (storage is after the confirm: the window delays history, never a push).
-            let window = tokio::time::Instant::now() + BATCH_WINDOW;
+            let window = tokio::time::Instant::now() + self.batch_window;
             while batch.len() < BATCH {
                 match tokio::time::timeout_at(window, consumer.next()).await {
                     Ok(Some(d)) => batch.push(d.map_err(amqp)?),
@@ -731,7 +736,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_queue_redelivers_failed_batches() {
-        let queue = open("memory://", "q", Duration::from_secs(1), None, &Health::default(), BOTH).unwrap();
+        let queue = open("memory://", "q", Duration::from_secs(1), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
         delivers_everything_after_a_failure(queue).await;
     }
 
@@ -741,11 +746,11 @@ mod tests {
         let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
         let db = Database::connect(&url, 2).await.unwrap();
         db.migrate().await.unwrap();
-        let queue = open("database://", "q", Duration::from_secs(1), Some(&db), &Health::default(), BOTH).unwrap();
+        let queue = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH).unwrap();
         delivers_everything_after_a_failure(queue.clone()).await;
         // Queued but not yet consumed: still there for the next consumer (a restarted process).
         queue.publish(vec![7]).await.unwrap();
-        let again = open("database://", "q", Duration::from_secs(1), Some(&db), &Health::default(), BOTH).unwrap();
+        let again = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH).unwrap();
         let handler = Arc::new(Flaky::default());
         handler.calls.store(1, Ordering::SeqCst); // no failure this time
         let (stop, shutdown) = watch::channel(false);
@@ -772,7 +777,7 @@ mod tests {
         let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
         let db = Database::connect(&url, 4).await.unwrap();
         db.migrate().await.unwrap();
-        let queue = open("database://", "q", Duration::from_secs(5), Some(&db), &Health::default(), BOTH).unwrap();
+        let queue = open("database://", "q", Duration::from_secs(5), BATCH_WINDOW, Some(&db), &Health::default(), BOTH).unwrap();
         let publishes: Vec<_> = (0..2000u32)
             .map(|i| {
                 let q = queue.clone();
@@ -816,7 +821,7 @@ mod tests {
         let Some(url) = crate::test_url("CHATMESH_TEST_AMQP_URL") else { return };
         let queue = format!("chatmesh-t-{}", crate::new_id());
         let health = Health::default();
-        let queue = open(&url, &queue, Duration::from_secs(5), None, &health, BOTH).unwrap();
+        let queue = open(&url, &queue, Duration::from_secs(5), BATCH_WINDOW, None, &health, BOTH).unwrap();
         delivers_everything_after_a_failure(queue).await;
         assert!(health.check().is_ok(), "connected links are up: {:?}", health.check());
     }

@@ -26,17 +26,24 @@ pub enum BodyError {
     BadSession,
 }
 
+/// A request body, and the session the early check found live in it (with its user).
+pub struct Read {
+    pub bytes: Bytes,
+    pub session: Option<(String, String)>,
+}
+
 /// The body of a request of type `Req`, at most `limit` bytes.
-pub async fn read<Req: Name>(gw: &Gateway, format: Format, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+pub async fn read<Req: Name>(gw: &Gateway, format: Format, body: Body, limit: usize) -> Result<Read, BodyError> {
     let field = (format == Format::Protobuf && limit > SCAN_WINDOW).then(|| session_field::<Req>()).flatten();
     tokio::time::timeout(gw.args.body_read_timeout, collect(gw, body, limit, field))
         .await
         .map_err(|_| BodyError::Timeout)?
 }
 
-async fn collect(gw: &Gateway, body: Body, limit: usize, mut field: Option<u32>) -> Result<Bytes, BodyError> {
+async fn collect(gw: &Gateway, body: Body, limit: usize, mut field: Option<u32>) -> Result<Read, BodyError> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
+    let mut live = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
         if buf.len() + chunk.len() > limit {
@@ -50,15 +57,17 @@ async fn collect(gw: &Gateway, body: Body, limit: usize, mut field: Option<u32>)
                     field = None;
                     let session = String::from_utf8_lossy(session).into_owned();
                     // A store failure is reported properly after the full read.
-                    if let Ok(None) = gw.sessions.resolve(&session).await {
-                        return Err(BodyError::BadSession);
+                    match gw.sessions.resolve(&session).await {
+                        Ok(None) => return Err(BodyError::BadSession),
+                        Ok(Some(user)) => live = Some((session, user)),
+                        Err(_) => {}
                     }
                 }
                 _ => field = None,
             }
         }
     }
-    Ok(buf.freeze())
+    Ok(Read { bytes: buf.freeze(), session: live })
 }
 
 /// The field number of `session_id` in `Req`, if it has one.

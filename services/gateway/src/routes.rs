@@ -206,13 +206,20 @@ where
     let started = Instant::now();
     let timed = route == NEW_MESSAGE;
     let limit = gw.body_limit(route);
-    let bytes = crate::body::read::<Req>(gw, format, body, limit).await.map_err(|e| (String::new(), e.to_string()))?;
+    let read = crate::body::read::<Req>(gw, format, body, limit).await;
+    let crate::body::Read { bytes, session: early } = read.map_err(|e| (String::new(), e.to_string()))?;
     let mut req: Req = codec::decode(format, &bytes).map_err(|e| (String::new(), e))?;
     drop(bytes);
     let request_id = req.request_id().to_string();
     req.clear_internal();
     if let Some(session_id) = req.session_id() {
-        let user_id = match gw.sessions.resolve(session_id).await {
+        // Resolved once per request: by the early check when it saw this very session (a body
+        // may repeat the field and the decoded value is the last: only an equal one counts).
+        let resolved = match early.filter(|(s, _)| s == session_id) {
+            Some((_, user_id)) => Ok(Some(user_id)),
+            None => gw.sessions.resolve(session_id).await,
+        };
+        let user_id = match resolved {
             Ok(Some(user_id)) => user_id,
             Ok(None) => return Err((request_id, "login session is invalid or expired; please log in".into())),
             Err(e) => {

@@ -12,6 +12,7 @@
 //! admin `/metrics`), a run ends with the per-hop breakdown of its messages.
 
 mod ceiling;
+mod cpu;
 mod fanout;
 mod hops;
 
@@ -36,6 +37,9 @@ struct Args {
     /// Admin `/metrics` URLs of every chatmesh process, for the per-hop breakdown (comma-separated).
     #[arg(long, value_delimiter = ',')]
     metrics: Vec<String>,
+    /// Processes whose CPU time per message a run reports, as `name:pid` (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cpu: Vec<String>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -171,7 +175,7 @@ async fn main() {
     let client = clients[0].clone();
     match args.mode {
         Mode::Messages { rate, duration, pairs, concurrency } => {
-            messages(&clients, &args.metrics, rate, duration, pairs, concurrency).await
+            messages(&clients, &args.metrics, &args.cpu, rate, duration, pairs, concurrency).await
         }
         Mode::Fanout { members, messages, rate } => {
             fanout::run(&clients, &args.metrics, fanout::Shape { members, messages, rate }).await
@@ -405,6 +409,7 @@ mod abuse {
 async fn messages(
     clients: &[Client],
     metrics: &[String],
+    processes: &[String],
     rate: u32,
     duration: Duration,
     pairs: usize,
@@ -433,6 +438,7 @@ async fn messages(
     let chats = Arc::new(chats);
     tokio::time::sleep(Duration::from_millis(300)).await; // presence of the last sockets settles
     let before = hops::scrape(metrics).await;
+    let cpu_before = cpu::Snapshot::take(processes);
     eprintln!("sending at {rate} msg/s for {duration:?}...");
     let total = (rate as f64 * duration.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -469,6 +475,7 @@ async fn messages(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let cpu_after = cpu::Snapshot::take(processes);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut latencies = Vec::new();
     while let Ok(l) = latency_rx.try_recv() {
@@ -498,6 +505,8 @@ async fn messages(
         stored_at.0 as f64 / stored_at.1
     );
     print_hops(metrics, &before).await;
+    println!("CPU from the first send until all was stored:");
+    print!("{}", cpu_after.table_since(&cpu_before, total));
 }
 
 /// The per-hop table of what happened since `before`, when there are processes to ask.
