@@ -229,7 +229,7 @@ ceiling)
   db="chatmesh_bench_$RANDOM"
   mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "CREATE DATABASE $db CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   echo "== dependencies alone at $rate/s for $duration (load average $(loadavg))"
-  "${load[@]}" ceiling --rate "$rate" --duration "$duration" --mysql-url "$CHATMESH_TEST_MYSQL_URL/$db" \
+  "${load[@]}" --cpu "$(cpu_pids)" ceiling --rate "$rate" --duration "$duration" --mysql-url "$CHATMESH_TEST_MYSQL_URL/$db" \
     --amqp-url "$CHATMESH_TEST_AMQP_URL" --redis-url "$CHATMESH_TEST_REDIS_URL" --queue "$db"
   ;;
 *)

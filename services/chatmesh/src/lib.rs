@@ -74,7 +74,7 @@ pub struct Cli {
     /// How long message storage gathers queued messages into one batch (one insert, one bulk
     /// index, one acknowledgement) after the first arrived: history sees a message up to this
     /// much later; pushes never wait for it.
-    #[arg(long, env = "CHATMESH_STORAGE_BATCH_WINDOW", default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHATMESH_STORAGE_BATCH_WINDOW", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub storage_batch_window: Duration,
     /// Directory of uploaded files [default: `<data-dir>/files`].
     #[arg(long, env = "CHATMESH_FILES_DIR")]

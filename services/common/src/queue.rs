@@ -29,7 +29,7 @@ use crate::{BackendError, Database};
 pub const BATCH: usize = 200;
 /// How long a consumer gathers messages into a batch after the first one arrived, unless
 /// configured.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// Deadline of one exchange with the broker (connect, declare, ack, probe).
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle consumer proves its connection alive this often (beside AMQP heartbeats).
@@ -77,7 +77,7 @@ pub fn open(
         Ok(Arc::new(MemoryQueue { tx, rx: Mutex::new(rx) }))
     } else if url.starts_with("database:") {
         let db = db.ok_or_else(|| BackendError::Queue("database:// needs a database".into()))?;
-        Ok(Arc::new(DbQueue::new(db.clone(), publish_timeout)))
+        Ok(Arc::new(DbQueue::new(db.clone(), publish_timeout, batch_window)))
     } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
         let q = Arc::new(AmqpQueue {
             url: with_heartbeat(url),
@@ -488,6 +488,8 @@ const PUBLISH_BACKLOG: usize = 4096;
 pub struct DbQueue {
     db: Database,
     publish_timeout: Duration,
+    /// How long the consumer lets messages gather once it is not behind (see [`BATCH_WINDOW`]).
+    batch_window: Duration,
     ready: Arc<Notify>,
     writer: mpsc::Sender<Pending>,
 }
@@ -500,11 +502,11 @@ struct Pending {
 }
 
 impl DbQueue {
-    fn new(db: Database, publish_timeout: Duration) -> Self {
+    fn new(db: Database, publish_timeout: Duration, batch_window: Duration) -> Self {
         let (writer, pending) = mpsc::channel(PUBLISH_BACKLOG);
         let ready = Arc::new(Notify::new());
         tokio::spawn(write_queued(db.clone(), pending, ready.clone()));
-        Self { db, publish_timeout, ready, writer }
+        Self { db, publish_timeout, batch_window, ready, writer }
     }
 }
 
@@ -564,6 +566,8 @@ impl MessageQueue for DbQueue {
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
         let select =
             format!("SELECT seq, body, traceparent, published_ms FROM queued_message ORDER BY seq LIMIT {BATCH}");
+        // The window has passed since the last look found too few to fill a batch.
+        let mut gathered = false;
         loop {
             let fetch = sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).fetch_all(&self.db.pool);
             let rows: Result<Vec<QueuedRow>, String> = match tokio::time::timeout(OP_TIMEOUT, fetch).await {
@@ -580,7 +584,19 @@ impl MessageQueue for DbQueue {
                     }
                     continue;
                 }
+                // Not behind: let the next messages gather for the window, so that one batch
+                // (one read, one insert, one index, one delete) carries many, as the broker's
+                // consumer does. Behind (a full batch), no wait.
+                Ok(rows) if rows.len() < BATCH && !gathered => {
+                    gathered = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.batch_window) => {}
+                        _ = crate::stopped(&mut shutdown) => return,
+                    }
+                    continue;
+                }
                 Ok(rows) => {
+                    gathered = false;
                     let mut seqs = Vec::with_capacity(rows.len());
                     let mut bodies = Vec::with_capacity(rows.len());
                     let mut contexts = Vec::with_capacity(rows.len());
@@ -736,7 +752,8 @@ mod tests {
 
     #[tokio::test]
     async fn memory_queue_redelivers_failed_batches() {
-        let queue = open("memory://", "q", Duration::from_secs(1), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
+        let queue =
+            open("memory://", "q", Duration::from_secs(1), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
         delivers_everything_after_a_failure(queue).await;
     }
 
@@ -746,11 +763,13 @@ mod tests {
         let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
         let db = Database::connect(&url, 2).await.unwrap();
         db.migrate().await.unwrap();
-        let queue = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH).unwrap();
+        let queue = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH)
+            .unwrap();
         delivers_everything_after_a_failure(queue.clone()).await;
         // Queued but not yet consumed: still there for the next consumer (a restarted process).
         queue.publish(vec![7]).await.unwrap();
-        let again = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH).unwrap();
+        let again = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH)
+            .unwrap();
         let handler = Arc::new(Flaky::default());
         handler.calls.store(1, Ordering::SeqCst); // no failure this time
         let (stop, shutdown) = watch::channel(false);
@@ -777,7 +796,8 @@ mod tests {
         let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
         let db = Database::connect(&url, 4).await.unwrap();
         db.migrate().await.unwrap();
-        let queue = open("database://", "q", Duration::from_secs(5), BATCH_WINDOW, Some(&db), &Health::default(), BOTH).unwrap();
+        let queue = open("database://", "q", Duration::from_secs(5), BATCH_WINDOW, Some(&db), &Health::default(), BOTH)
+            .unwrap();
         let publishes: Vec<_> = (0..2000u32)
             .map(|i| {
                 let q = queue.clone();
@@ -808,6 +828,39 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 2000, "every message consumed");
+    }
+
+    /// Messages trickling in while the consumer is not behind are gathered for the window into
+    /// a few batches, not handled one by one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_queue_gathers_a_trickle_into_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
+        let db = Database::connect(&url, 2).await.unwrap();
+        db.migrate().await.unwrap();
+        let window = Duration::from_millis(400);
+        let queue =
+            open("database://", "q", Duration::from_secs(5), window, Some(&db), &Health::default(), BOTH).unwrap();
+        let handler = Arc::new(Flaky::default());
+        handler.calls.store(1, Ordering::SeqCst); // no failure
+        let (stop, shutdown) = watch::channel(false);
+        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
+        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
+        for i in 0..20u8 {
+            queue.publish(vec![i]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..200 {
+            if handler.seen.lock().unwrap().len() >= 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        consumer.await.unwrap();
+        assert_eq!(*handler.seen.lock().unwrap(), (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());
+        let batches = handler.calls.load(Ordering::SeqCst) - 1;
+        assert!(batches <= 3, "20 messages within one window took {batches} batches");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
-use super::percentile;
+use super::{cpu, percentile};
 
 pub struct Servers {
     pub mysql_url: String,
@@ -78,24 +78,27 @@ where
     ok as f64 / started.elapsed().as_secs_f64()
 }
 
-fn row(what: &str, rate: u32, l: &[f64]) {
+/// One table row: the latencies of `l`, and the servers' CPU per operation since `cpu`.
+fn row(what: &str, rate: u32, l: &[f64], cpu: &cpu::Snapshot, servers: &[String]) {
     println!(
-        "| {what} | {rate}/s | {:.3} | {:.3} | {:.3} | {} |",
+        "| {what} | {rate}/s | {:.3} | {:.3} | {:.3} | {} | {:.0} |",
         percentile(l, 0.5),
         percentile(l, 0.99),
         percentile(l, 0.999),
-        l.len()
+        l.len(),
+        cpu::Snapshot::take(servers).servers_micros_since(cpu, l.len()),
     );
 }
 
-pub async fn run(s: Servers, rate: u32, duration: Duration) {
+/// `servers`: `name:pid` of the servers, whose CPU per operation each row reports.
+pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) {
     // A message row as storage writes it: id, session, sender, time, a short text.
     let body = vec![b'x'; 120];
-    println!("| dependency operation | rate | p50 ms | p99 ms | p99.9 ms | done |\n|---|---|---|---|---|---|");
+    println!(
+        "| dependency operation | rate | p50 ms | p99 ms | p99.9 ms | done | servers' CPU µs per op |\n\
+         |---|---|---|---|---|---|---|"
+    );
 
-    let conn = Connection::connect(&s.amqp_url, ConnectionProperties::default()).await.expect("RabbitMQ");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let publish = |ch: lapin::Channel, queue: String, body: Vec<u8>| async move {
         let props = BasicProperties::default().with_delivery_mode(2);
         match ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props).await {
@@ -104,25 +107,31 @@ pub async fn run(s: Servers, rate: u32, duration: Duration) {
         }
     };
     // Each queue kind RabbitMQ offers, drained by a consumer that acknowledges each message at
-    // once, or 25 ms after its delivery as storage does (a batch's window, insert and index): a
+    // once, or 100 ms after its delivery as storage does (its batch window, insert and index): a
     // classic queue confirms a persistent message once it is on disk or acknowledged.
     let mut confirms = Vec::new();
     for (kind, args) in queue_kinds() {
-        for ack_after in [Duration::ZERO, Duration::from_millis(25)] {
-            let queue = format!("{}-{}", s.queue, kind.replace(' ', "-"));
+        for ack_after in [Duration::ZERO, Duration::from_millis(100)] {
+            let queue = format!("{}-{}-{}", s.queue, kind.replace(' ', "-"), ack_after.as_millis());
+            // A connection per queue: deleting a quorum queue right after a run broke a shared one.
+            let conn = Connection::connect(&s.amqp_url, ConnectionProperties::default()).await.expect("RabbitMQ");
+            let ch = conn.create_channel().await.expect("channel");
+            ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
             ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args.clone())
                 .await
                 .expect("declare");
             let drain = drain(&conn, &queue, ack_after).await;
+            let cpu = cpu::Snapshot::take(servers);
             let l = open_loop(rate, duration, |_| publish(ch.clone(), queue.clone(), body.clone())).await;
             let acked = format!("acknowledged after {} ms", ack_after.as_millis());
-            row(&format!("RabbitMQ persistent publish + confirm ({kind} queue, {acked})"), rate, &l);
+            row(&format!("RabbitMQ persistent publish + confirm ({kind} queue, {acked})"), rate, &l, &cpu, servers);
             if ack_after.is_zero() {
                 let n = 20_000;
                 confirms.push((kind, ceiling(n, 1000, |_| publish(ch.clone(), queue.clone(), body.clone())).await));
             }
             drain.abort();
             let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = conn.close(200, "done".into()).await;
         }
     }
 
@@ -143,8 +152,9 @@ pub async fn run(s: Servers, rate: u32, duration: Duration) {
             .await
             .is_ok()
     };
+    let cpu = cpu::Snapshot::take(servers);
     let l = open_loop(rate, duration, |i| insert(pool.clone(), i, body.clone())).await;
-    row("MariaDB single-row INSERT (autocommit)", rate, &l);
+    row("MariaDB single-row INSERT (autocommit)", rate, &l, &cpu, servers);
     let select = |pool: sqlx::MySqlPool, i: usize| async move {
         sqlx::query("SELECT id FROM ceiling_row WHERE session = ? LIMIT 2")
             .bind(format!("{:032x}", i % 50))
@@ -152,8 +162,9 @@ pub async fn run(s: Servers, rate: u32, duration: Duration) {
             .await
             .is_ok()
     };
+    let cpu = cpu::Snapshot::take(servers);
     let l = open_loop(rate, duration, |i| select(pool.clone(), i)).await;
-    row("MariaDB indexed SELECT", rate, &l);
+    row("MariaDB indexed SELECT", rate, &l, &cpu, servers);
 
     let redis = redis::Client::open(s.redis_url.as_str()).expect("Redis URL");
     let con = redis.get_multiplexed_async_connection().await.expect("Redis");
@@ -166,8 +177,9 @@ pub async fn run(s: Servers, rate: u32, duration: Duration) {
             .await
             .is_ok()
     };
+    let cpu = cpu::Snapshot::take(servers);
     let l = open_loop(rate, duration, |i| zrange(con.clone(), i)).await;
-    row("Redis ZRANGEBYSCORE round trip", rate, &l);
+    row("Redis ZRANGEBYSCORE round trip", rate, &l, &cpu, servers);
 
     // Ceilings: pipelined confirms, batched inserts.
     let n = 20_000;

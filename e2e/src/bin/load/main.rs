@@ -181,7 +181,7 @@ async fn main() {
             fanout::run(&clients, &args.metrics, fanout::Shape { members, messages, rate }).await
         }
         Mode::Ceiling { rate, duration, mysql_url, amqp_url, redis_url, queue } => {
-            ceiling::run(ceiling::Servers { mysql_url, amqp_url, redis_url, queue }, rate, duration).await
+            ceiling::run(ceiling::Servers { mysql_url, amqp_url, redis_url, queue }, rate, duration, &args.cpu).await
         }
         Mode::Idle { connections, gateway_pid } => idle(client, connections, gateway_pid).await,
         Mode::Abuse { gateway_pid, logins, sockets, pushes, bodies, body_bytes } => {
