@@ -725,6 +725,18 @@ mod tests {
         }
     }
 
+    impl Flaky {
+        /// Until `n` messages were handled (or 5 s passed).
+        async fn wait_for(&self, n: usize) {
+            for _ in 0..250 {
+                if self.seen.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     async fn delivers_everything_after_a_failure(queue: Arc<dyn MessageQueue>) {
         let handler = Arc::new(Flaky::default());
         let (stop, shutdown) = watch::channel(false);
@@ -734,12 +746,7 @@ mod tests {
         for i in 0..50u8 {
             queue.publish(vec![i]).await.unwrap();
         }
-        for _ in 0..100 {
-            if handler.seen.lock().unwrap().len() >= 50 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        handler.wait_for(50).await;
         let mut seen = handler.seen.lock().unwrap().clone();
         seen.sort();
         seen.dedup();
@@ -750,6 +757,15 @@ mod tests {
 
     const BOTH: Roles = Roles { publish: true, consume: true };
 
+    /// A migrated SQLite database of `connections`, in a directory that lives as long as the guard.
+    async fn sqlite(connections: u32) -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
+        let db = Database::connect(&url, connections).await.unwrap();
+        db.migrate().await.unwrap();
+        (dir, db)
+    }
+
     #[tokio::test]
     async fn memory_queue_redelivers_failed_batches() {
         let queue =
@@ -759,10 +775,7 @@ mod tests {
 
     #[tokio::test]
     async fn database_queue_redelivers_failed_batches_and_keeps_what_was_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
-        let db = Database::connect(&url, 2).await.unwrap();
-        db.migrate().await.unwrap();
+        let (_dir, db) = sqlite(2).await;
         let queue = open("database://", "q", Duration::from_secs(1), BATCH_WINDOW, Some(&db), &Health::default(), BOTH)
             .unwrap();
         delivers_everything_after_a_failure(queue.clone()).await;
@@ -775,12 +788,7 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let h: Arc<dyn BatchHandler> = handler.clone();
         let consumer = tokio::spawn(async move { again.consume(h, shutdown).await });
-        for _ in 0..100 {
-            if !handler.seen.lock().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        handler.wait_for(1).await;
         assert_eq!(*handler.seen.lock().unwrap(), vec![vec![7u8]]);
         stop.send(true).unwrap();
         consumer.await.unwrap();
@@ -792,10 +800,7 @@ mod tests {
     /// every message is consumed exactly once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn database_queue_commits_concurrent_publishes_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
-        let db = Database::connect(&url, 4).await.unwrap();
-        db.migrate().await.unwrap();
+        let (_dir, db) = sqlite(4).await;
         let queue = open("database://", "q", Duration::from_secs(5), BATCH_WINDOW, Some(&db), &Health::default(), BOTH)
             .unwrap();
         let publishes: Vec<_> = (0..2000u32)
@@ -815,12 +820,7 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
         let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
-        for _ in 0..200 {
-            if handler.seen.lock().unwrap().len() >= 2000 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        handler.wait_for(2000).await;
         stop.send(true).unwrap();
         consumer.await.unwrap();
         let mut seen = handler.seen.lock().unwrap().clone();
@@ -834,10 +834,7 @@ mod tests {
     /// a few batches, not handled one by one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn database_queue_gathers_a_trickle_into_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/q.db?mode=rwc", dir.path().display());
-        let db = Database::connect(&url, 2).await.unwrap();
-        db.migrate().await.unwrap();
+        let (_dir, db) = sqlite(2).await;
         let window = Duration::from_millis(400);
         let queue =
             open("database://", "q", Duration::from_secs(5), window, Some(&db), &Health::default(), BOTH).unwrap();
@@ -850,12 +847,7 @@ mod tests {
             queue.publish(vec![i]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for _ in 0..200 {
-            if handler.seen.lock().unwrap().len() >= 20 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        handler.wait_for(20).await;
         stop.send(true).unwrap();
         consumer.await.unwrap();
         assert_eq!(*handler.seen.lock().unwrap(), (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());

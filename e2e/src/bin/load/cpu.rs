@@ -1,0 +1,63 @@
+//! CPU time per message, by process: read from /proc before and after a run's sends, for chatmesh,
+//! the servers under it, the load tool itself and the whole machine (the rest is everything
+//! else running). On shared cores it says which process a message costs most.
+
+/// The unit of /proc's times: fixed at 100 for userspace on Linux (whatever the kernel's HZ).
+const USER_HZ: f64 = 100.0;
+
+/// Ticks (user + system) by name, in the order given; `machine` is every core's busy time.
+pub struct Snapshot(Vec<(String, u64)>);
+
+fn ticks_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces), fields 14 and 15 are utime and stime.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
+}
+
+fn machine_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    // user nice system idle iowait irq softirq: busy is all but idle and iowait.
+    cpu.split_whitespace()
+        .skip(1)
+        .take(7)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, f)| f.parse::<u64>().ok())
+        .sum()
+}
+
+impl Snapshot {
+    /// `processes`: `name:pid` pairs.
+    pub fn take(processes: &[String]) -> Self {
+        let mut out: Vec<(String, u64)> = processes
+            .iter()
+            .filter_map(|p| p.split_once(':'))
+            .filter_map(|(name, pid)| Some((name.to_string(), ticks_of(pid.parse().ok()?))))
+            .collect();
+        out.push(("load tool".into(), ticks_of(std::process::id())));
+        out.push(("machine".into(), machine_ticks()));
+        Self(out)
+    }
+
+    /// The CPU µs per operation of `ops` that the named processes (not the load tool, not the
+    /// machine) spent together since `before`.
+    pub fn servers_micros_since(&self, before: &Snapshot, ops: usize) -> f64 {
+        let ticks: u64 = (self.0.iter().zip(&before.0))
+            .filter(|((name, _), _)| name != "load tool" && name != "machine")
+            .map(|((_, after), (_, was))| after.saturating_sub(*was))
+            .sum();
+        ticks as f64 / USER_HZ * 1e6 / ops.max(1) as f64
+    }
+
+    /// The table of what each process spent since `before`, per message of `messages`.
+    pub fn table_since(&self, before: &Snapshot, messages: usize) -> String {
+        let mut out = String::from("| process | CPU s | CPU µs per message |\n|---|---|---|\n");
+        for ((name, after), (_, was)) in self.0.iter().zip(&before.0) {
+            let secs = after.saturating_sub(*was) as f64 / USER_HZ;
+            out += &format!("| {name} | {secs:.2} | {:.0} |\n", secs * 1e6 / messages.max(1) as f64);
+        }
+        out
+    }
+}
