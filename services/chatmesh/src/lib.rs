@@ -373,6 +373,13 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     }
     let (db, kv, index, queue) = (&backends.db, &backends.kv, &backends.index, &backends.queue);
     let sessions = kv.clone().map(|kv| LoginSessions::with_max_age(kv, cli.session_ttl, cli.session_max_age));
+    // Gateways resolve a session on every request: cached while revocations are followed.
+    let sessions = match sessions {
+        Some(s) if cli.runs(Target::Gateway) => {
+            Some(s.followed(&cli.redis_url, &cli.redis_namespace, shutdown.clone()).context("following sessions")?)
+        }
+        other => other,
+    };
     // Metrics render from this process-wide recorder (installed before any request counts).
     chatmesh_common::telemetry::metrics();
 

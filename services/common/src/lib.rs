@@ -2,6 +2,7 @@
 //! key-value store), login sessions, gRPC channels that follow DNS, telemetry.
 
 pub mod db;
+pub mod followed;
 pub mod grpc;
 pub mod health;
 pub mod kv;

@@ -2,20 +2,42 @@
 //! and an absolute lifetime (a session used daily still ends). The store keeps only a SHA-256
 //! of each token, so a leaked store dump logs nobody in. The user service creates them; the
 //! gateway resolves them on every request and revokes them on logout.
+//!
+//! With Redis, a gateway keeps what it resolved for a few seconds while it follows every
+//! revocation ([`LoginSessions::followed`], see [`crate::followed`]): one Redis round trip per
+//! request was the largest share of a send's time in the gateway.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
+use crate::followed::{self, Followed, Follower};
 use crate::{BackendError, ExpiringStore};
+
+/// Longest a resolved session is used without asking the store (the bound if a revocation's
+/// announcement was lost; a session's idle expiry is extended on each store read, so also at
+/// most this much of its activity goes unseen by the store).
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Sessions cached at most per process.
+const CACHE_CAPACITY: usize = 100_000;
 
 #[derive(Clone)]
 pub struct LoginSessions {
     store: Arc<dyn ExpiringStore>,
     ttl: Duration,
     max_age: Duration,
+    /// Resolved sessions by store key (user id, creation time), while revocations are followed.
+    cache: Option<Arc<Followed<(String, i64)>>>,
+    /// Where revocations are announced to the other processes' caches.
+    notices: Option<(redis::aio::ConnectionManager, String)>,
+}
+
+/// The Redis channel of revoked sessions in `namespace` (it carries store keys, never tokens).
+pub fn channel(namespace: &str) -> String {
+    format!("{namespace}:sessions")
 }
 
 /// The absolute lifetime when none is configured.
@@ -28,7 +50,30 @@ impl LoginSessions {
 
     /// Sessions expire after `ttl` unused, and `max_age` after login whatever their use.
     pub fn with_max_age(store: Arc<dyn ExpiringStore>, ttl: Duration, max_age: Duration) -> Self {
-        Self { store, ttl, max_age }
+        Self { store, ttl, max_age, cache: None, notices: None }
+    }
+
+    /// With a Redis store (`redis_url`): announces revocations on the channel of `namespace`,
+    /// and caches resolved sessions while following it, until `shutdown`. Anything else is
+    /// already in this process: unchanged.
+    pub fn followed(
+        mut self,
+        redis_url: &str,
+        namespace: &str,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, BackendError> {
+        if !redis_url.starts_with("redis") {
+            return Ok(self);
+        }
+        let client = redis::Client::open(redis_url)?;
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), crate::kv::manager_config())?;
+        // A short idle expiry (tests use seconds) must not be outlived by the cache.
+        let cache = Arc::new(Followed::new(CACHE_TTL.min(self.ttl / 10), CACHE_CAPACITY));
+        let follower: Arc<dyn Follower> = cache.clone();
+        tokio::spawn(followed::follow(follower, client, channel(namespace), "session revocations", shutdown));
+        self.cache = Some(cache);
+        self.notices = Some((conn, channel(namespace)));
+        Ok(self)
     }
 
     /// A new session for `user_id`; each login (device) gets its own.
@@ -46,18 +91,43 @@ impl LoginSessions {
         if token.is_empty() || token.len() > 128 {
             return Ok(None);
         }
-        let Some(value) = self.store.get_touch(&key(token), self.ttl).await? else { return Ok(None) };
+        let key = key(token);
+        let generation = match self.cache.as_ref().map(|c| c.cached(&key)) {
+            Some(Ok((user_id, created))) if self.young(created) => return Ok(Some(user_id)),
+            Some(Ok(_)) => None,
+            Some(Err(generation)) => Some(generation),
+            None => None,
+        };
+        let Some(value) = self.store.get_touch(&key, self.ttl).await? else { return Ok(None) };
         let (user_id, created) = value.rsplit_once('|').unwrap_or((value.as_str(), "0"));
-        let age = crate::unix_now().saturating_sub(created.parse::<i64>().unwrap_or(0));
-        if age < 0 || age as u64 >= self.max_age.as_secs() {
-            self.store.del(&key(token)).await?;
+        let created = created.parse::<i64>().unwrap_or(0);
+        if !self.young(created) {
+            self.store.del(&key).await?;
             return Ok(None);
+        }
+        if let (Some(cache), Some(generation)) = (&self.cache, generation) {
+            cache.remember(&key, generation, (user_id.to_string(), created));
         }
         Ok(Some(user_id.to_string()))
     }
 
+    /// Within the absolute lifetime.
+    fn young(&self, created: i64) -> bool {
+        let age = crate::unix_now().saturating_sub(created);
+        age >= 0 && (age as u64) < self.max_age.as_secs()
+    }
+
+    /// Ends the session here at once, and in every following process once it hears of it.
     pub async fn revoke(&self, token: &str) -> Result<(), BackendError> {
-        self.store.del(&key(token)).await
+        let key = key(token);
+        self.store.del(&key).await?;
+        if let Some(cache) = &self.cache {
+            cache.changed(&key);
+        }
+        if let Some((conn, channel)) = &self.notices {
+            followed::announce(conn, channel, &key, "session revocation").await;
+        }
+        Ok(())
     }
 }
 
@@ -93,5 +163,57 @@ mod tests {
         assert_eq!(s.resolve(&token).await.unwrap().as_deref(), Some("u1"));
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_eq!(s.resolve(&token).await.unwrap(), None, "used or not, the session is too old");
+    }
+
+    /// Two gateways on one Redis, each caching what it resolved: a logout at one ends the
+    /// session at the other at once; the cache still honours the absolute lifetime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_reaches_every_following_gateway() {
+        let Some(url) = crate::test_url("CHATMESH_TEST_REDIS_URL") else { return };
+        let namespace = format!("t{}", crate::new_id());
+        let store = crate::kv::open(&url, &namespace).await.unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let gateway = |max_age| {
+            LoginSessions::with_max_age(store.clone(), Duration::from_secs(600), max_age)
+                .followed(&url, &namespace, shutdown.clone())
+                .unwrap()
+        };
+        let (a, b) = (gateway(DEFAULT_MAX_AGE), gateway(DEFAULT_MAX_AGE));
+        for s in [&a, &b] {
+            let cache = s.cache.as_ref().unwrap();
+            for _ in 0..100 {
+                if cache.is_live() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(cache.is_live(), "following revocations");
+        }
+        let token = a.create("u1").await.unwrap();
+        assert_eq!(b.resolve(&token).await.unwrap().as_deref(), Some("u1"));
+        // Gone from the store behind b's back (no announcement): b answers from memory.
+        store.del(&key(&token)).await.unwrap();
+        assert_eq!(b.resolve(&token).await.unwrap().as_deref(), Some("u1"), "cached");
+
+        let token = a.create("u2").await.unwrap();
+        assert_eq!(b.resolve(&token).await.unwrap().as_deref(), Some("u2"));
+        assert_eq!(a.resolve(&token).await.unwrap().as_deref(), Some("u2"));
+        a.revoke(&token).await.unwrap();
+        assert_eq!(a.resolve(&token).await.unwrap(), None, "revoked here at once");
+        let mut ended = false;
+        for _ in 0..50 {
+            if b.resolve(&token).await.unwrap().is_none() {
+                ended = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ended, "the revocation reached the other gateway");
+
+        let old = gateway(Duration::from_secs(1));
+        let token = old.create("u3").await.unwrap();
+        assert_eq!(old.resolve(&token).await.unwrap().as_deref(), Some("u3"));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(old.resolve(&token).await.unwrap(), None, "a cached session still ends at its max age");
     }
 }
