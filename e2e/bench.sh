@@ -79,6 +79,7 @@ drop_db() {
 
 pids=()
 logs=()
+targets=() # each process's --target, to name it in the CPU table
 # start <admin port> <args...>: one chatmesh process, waited for until ready.
 start() {
   local admin=$1 log
@@ -87,6 +88,8 @@ start() {
   "$chatmesh" "$@" >"$log" 2>&1 &
   pids+=($!)
   logs+=("$log")
+  local args=("$@") i
+  for i in "${!args[@]}"; do [[ ${args[$i]} == --target ]] && targets+=("${args[$((i + 1))]}"); done
   for _ in $(seq 150); do curl -fs "127.0.0.1:$admin/readyz" >/dev/null && return; sleep 0.2; done
   echo "chatmesh (admin port $admin) did not start; its log:" >&2
   tail -20 "$log" >&2
@@ -100,6 +103,7 @@ stop_all() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
   logs=()
+  targets=()
 }
 trap 'stop_all; drop_db; rm -rf "$dir"' EXIT
 
@@ -108,7 +112,7 @@ load=("$bin/chatmesh-load")
 # chatmesh's and the servers'.
 cpu_pids() {
   local p name list=()
-  for p in "${pids[@]}"; do list+=("chatmesh:$p"); done
+  for p in "${!pids[@]}"; do list+=("chatmesh ${targets[$p]//,/+}:${pids[$p]}"); done
   for name in mariadbd redis-server beam.smp java; do
     for p in $(pgrep -x "$name"); do list+=("$name:$p"); done
   done
