@@ -65,6 +65,21 @@ async fn send(client: &Client, h: &History, what: &str, n: usize) -> Vec<String>
     texts
 }
 
+/// Logs in, retrying for a while as the gateway asks while the services it calls were just
+/// rolled out (a "retry later" answer, never a refusal of the password).
+async fn login_when_up(client: &Client, nick: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.login(nick, PASSWORD).await {
+            Ok(session) => return session,
+            Err(e) if format!("{e:?}").contains("retry later") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("{nick} logs in after the restore: {e:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn record_history() {
     let Some((client, path)) = setup("CHATMESH_E2E_KIND_HISTORY") else { return };
@@ -108,8 +123,8 @@ async fn history_is_back() {
     let Some((client, path)) = setup("CHATMESH_E2E_KIND_HISTORY") else { return };
     let h = load(&PathBuf::from(path));
     // The accounts are in the restored database too: both log in.
-    let b = client.login(&h.b_nick, PASSWORD).await.expect("b logs in after the restore");
-    client.login(&h.a_nick, PASSWORD).await.expect("a logs in after the restore");
+    let b = login_when_up(&client, &h.b_nick).await;
+    login_when_up(&client, &h.a_nick).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     if let Err(e) = stored_once(&client, &b, &h.chat, h.since, &h.kept, deadline).await {
         panic!("after the restore: {e}");
