@@ -1,8 +1,9 @@
 //! Routing notifications to the gateway instance that holds each recipient's connections.
 //! Standalone: everything is local. With Redis: each gateway records, per connected user, its
 //! own id with an expiry in a sorted set (`presence:<user>`, refreshed while connected), and
-//! listens on its own channel (`push:<gateway>`); a sender's gateway looks the recipients up
-//! and publishes one envelope per gateway that has any of them.
+//! listens on its own channel (`push:<gateway>`); a sender's gateway delivers to its own
+//! connections at once, then looks the recipients up and publishes one envelope per other
+//! gateway that has any of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -90,9 +91,13 @@ impl PushBus {
                 Hop::PushLocalDeliver.record(started);
             }
             PushBus::Redis(bus) => {
-                if let Err(e) = bus.route(users, notify, &push, accepted_ms, skip_session).await {
-                    tracing::error!(error = %e, "routing a notification failed; delivering locally only");
-                    deliver_local(&bus.conns, users, &push, skip_session);
+                // This gateway's own connections are the truth about its devices: they get the
+                // push now, not after the presence round trip, which only finds other gateways.
+                let started = Instant::now();
+                deliver_local(&bus.conns, users, &push, skip_session);
+                Hop::PushLocalDeliver.record(started);
+                if let Err(e) = bus.route(users, notify, accepted_ms, skip_session).await {
+                    tracing::error!(error = %e, "routing a notification to other gateways failed");
                 }
             }
         }
@@ -143,12 +148,12 @@ impl RedisBus {
         format!("{}push:{gateway}", self.prefix)
     }
 
+    /// Publishes `notify` to every other gateway where any of `users` is connected.
     #[tracing::instrument(name = "push.route", skip_all, fields(otel.kind = "producer", recipients = users.len()))]
     async fn route(
         &self,
         users: &[String],
         notify: &NotifyMessage,
-        push: &Push,
         accepted_ms: i64,
         skip: Option<&str>,
     ) -> redis::RedisResult<()> {
@@ -162,17 +167,12 @@ impl RedisBus {
         Hop::PushPresenceLookup.record(started);
         let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
         for (user, gws) in users.iter().zip(gateways) {
-            for gw in gws {
+            for gw in gws.into_iter().filter(|gw| *gw != self.gateway_id) {
                 by_gateway.entry(gw).or_default().push(user.clone());
             }
         }
         for (gateway, user_ids) in by_gateway {
             let started = Instant::now();
-            if gateway == self.gateway_id {
-                deliver_local(&self.conns, &user_ids, push, skip);
-                Hop::PushLocalDeliver.record(started);
-                continue;
-            }
             let envelope = PushEnvelope {
                 user_ids,
                 skip_session_id: skip.map(str::to_string),
@@ -297,5 +297,39 @@ impl RedisBus {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This gateway's own devices do not wait for the presence lookup: here Redis accepts the
+    /// connection and never answers, and the local device has its push long before the lookup
+    /// gives up.
+    #[tokio::test]
+    async fn local_devices_get_a_push_without_waiting_for_presence() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let conns = Connections::default();
+        let (_stop, shutdown) = watch::channel(false);
+        let bus = PushBus::open(conns.clone(), &url, "t", shutdown, &Health::default()).await.unwrap();
+        let device = conns.register("u", "s");
+        let notify = NotifyMessage { notify_type: 3, ..Default::default() };
+        let send = tokio::spawn(async move { bus.send(&["u".to_string()], &notify, None).await });
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while device.next_push().is_none() {
+            assert!(Instant::now() < deadline, "the local push waited for Redis");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!send.is_finished(), "the presence lookup is still waiting for Redis");
+        send.abort();
+        held.abort();
     }
 }
