@@ -74,8 +74,8 @@ pub struct Cli {
     /// How long message storage gathers queued messages into one batch (one insert, one bulk
     /// index, one acknowledgement) after the first arrived: history sees a message up to this
     /// much later; pushes never wait for it.
-    #[arg(long, env = "CHATMESH_STORAGE_BATCH_WINDOW", default_value = "100ms", value_parser = humantime::parse_duration)]
-    pub storage_batch_window: Duration,
+    #[arg(long, env = "CHATMESH_STORAGE_BATCH_WINDOW", default_value_t = chatmesh_common::queue::BATCH_WINDOW.into())]
+    pub storage_batch_window: humantime::Duration,
     /// Directory of uploaded files [default: `<data-dir>/files`].
     #[arg(long, env = "CHATMESH_FILES_DIR")]
     pub files_dir: Option<PathBuf>,
@@ -304,7 +304,7 @@ impl Backends {
                 &cli.amqp_url,
                 &cli.amqp_queue,
                 cli.publish_timeout,
-                cli.storage_batch_window,
+                *cli.storage_batch_window,
                 db.as_ref(),
                 &health,
                 roles,

@@ -20,14 +20,19 @@ const CAPACITY: usize = 10_000;
 
 pub struct SessionMembers {
     db: Database,
-    cache: Followed<Arc<[String]>>,
+    cache: Arc<Followed<Arc<[String]>>>,
 }
 
 impl SessionMembers {
-    /// Reads every time until [`SessionMembers::set_live`] (or [`followed::follow`]) turns
-    /// caching on.
+    /// Reads every time until its [`SessionMembers::follower`] is told it is live.
     pub fn new(db: Database) -> Arc<Self> {
-        Arc::new(Self { db, cache: Followed::new(TTL, CAPACITY) })
+        Arc::new(Self { db, cache: Arc::new(Followed::new(TTL, CAPACITY)) })
+    }
+
+    /// What hears of membership changes (a session deleted): [`followed::follow`] or the
+    /// friend service of this process tells it.
+    pub fn follower(&self) -> Arc<dyn Follower> {
+        self.cache.clone()
     }
 
     /// The members of `session` (sorted; empty for an unknown session).
@@ -49,17 +54,6 @@ impl SessionMembers {
     }
 }
 
-impl Follower for SessionMembers {
-    /// `session`'s members changed (it was deleted).
-    fn changed(&self, session: &str) {
-        self.cache.changed(session);
-    }
-
-    fn set_live(&self, live: bool) {
-        self.cache.set_live(live);
-    }
-}
-
 /// The transmit service's members: with Redis they follow the channel of `namespace`; without
 /// it they cache only when the friend service runs in this process (`local_friend`, which
 /// then announces to them directly, see [`MembershipNotices::open`]).
@@ -73,10 +67,9 @@ pub fn open(
     let members = SessionMembers::new(db);
     if redis_url.starts_with("redis") {
         let client = redis::Client::open(redis_url)?;
-        let follower: Arc<dyn Follower> = members.clone();
-        tokio::spawn(followed::follow(follower, client, channel(namespace), "membership changes", shutdown));
+        tokio::spawn(followed::follow(members.follower(), client, channel(namespace), "membership changes", shutdown));
     } else if local_friend {
-        members.set_live(true);
+        members.follower().set_live(true);
     }
     Ok(members)
 }
@@ -86,8 +79,8 @@ pub fn open(
 pub enum MembershipNotices {
     /// No transmit service can cache (none in this process, and no Redis).
     Nobody,
-    /// The transmit service of this process.
-    Local(Arc<SessionMembers>),
+    /// The transmit service of this process (its members' [`SessionMembers::follower`]).
+    Local(Arc<dyn Follower>),
     /// Every process following the channel (see [`followed::follow`]).
     Redis { conn: redis::aio::ConnectionManager, channel: String },
 }
@@ -105,7 +98,7 @@ impl MembershipNotices {
             let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, crate::kv::manager_config())?;
             return Ok(MembershipNotices::Redis { conn, channel: channel(namespace) });
         }
-        Ok(local.map_or(MembershipNotices::Nobody, MembershipNotices::Local))
+        Ok(local.map_or(MembershipNotices::Nobody, |m| MembershipNotices::Local(m.follower())))
     }
 
     /// Announces, after the change committed, that `session`'s members changed.
@@ -157,11 +150,11 @@ mod tests {
 
         let (_dir, db) = db_with_session(&["a", "b"]).await;
         let members = SessionMembers::new(db.clone());
-        members.set_live(true);
+        members.follower().set_live(true);
         assert_eq!(&*members.of("s").await.unwrap(), ["a", "b"]);
         delete_session(&db).await;
         assert_eq!(&*members.of("s").await.unwrap(), ["a", "b"], "live: served from memory");
-        members.changed("s");
+        members.follower().changed("s");
         assert!(members.of("s").await.unwrap().is_empty(), "the announced change is seen by the next send");
         assert!(members.of("unknown").await.unwrap().is_empty());
     }
@@ -174,7 +167,7 @@ mod tests {
         let client = redis::Client::open(url.as_str()).unwrap();
         let channel = channel(&format!("t{}", crate::new_id()));
         let (stop, shutdown) = watch::channel(false);
-        let follower: Arc<dyn Follower> = members.clone();
+        let follower = members.follower();
         let task = tokio::spawn(followed::follow(follower, client.clone(), channel.clone(), "changes", shutdown));
         for _ in 0..100 {
             if members.cache.is_live() {

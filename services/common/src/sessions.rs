@@ -29,10 +29,18 @@ pub struct LoginSessions {
     store: Arc<dyn ExpiringStore>,
     ttl: Duration,
     max_age: Duration,
-    /// Resolved sessions by store key (user id, creation time), while revocations are followed.
-    cache: Option<Arc<Followed<(String, i64)>>>,
+    /// Set while revocations are followed (a Redis store).
+    followed: Option<Revocations>,
+}
+
+/// A cache of resolved sessions and the channel that keeps every process's cache honest.
+#[derive(Clone)]
+struct Revocations {
+    /// Resolved sessions by store key: (user id, creation time).
+    cache: Arc<Followed<(String, i64)>>,
     /// Where revocations are announced to the other processes' caches.
-    notices: Option<(redis::aio::ConnectionManager, String)>,
+    conn: redis::aio::ConnectionManager,
+    channel: String,
 }
 
 /// The Redis channel of revoked sessions in `namespace` (it carries store keys, never tokens).
@@ -50,7 +58,7 @@ impl LoginSessions {
 
     /// Sessions expire after `ttl` unused, and `max_age` after login whatever their use.
     pub fn with_max_age(store: Arc<dyn ExpiringStore>, ttl: Duration, max_age: Duration) -> Self {
-        Self { store, ttl, max_age, cache: None, notices: None }
+        Self { store, ttl, max_age, followed: None }
     }
 
     /// With a Redis store (`redis_url`): announces revocations on the channel of `namespace`,
@@ -71,8 +79,7 @@ impl LoginSessions {
         let cache = Arc::new(Followed::new(CACHE_TTL.min(self.ttl / 10), CACHE_CAPACITY));
         let follower: Arc<dyn Follower> = cache.clone();
         tokio::spawn(followed::follow(follower, client, channel(namespace), "session revocations", shutdown));
-        self.cache = Some(cache);
-        self.notices = Some((conn, channel(namespace)));
+        self.followed = Some(Revocations { cache, conn, channel: channel(namespace) });
         Ok(self)
     }
 
@@ -92,7 +99,7 @@ impl LoginSessions {
             return Ok(None);
         }
         let key = key(token);
-        let generation = match self.cache.as_ref().map(|c| c.cached(&key)) {
+        let generation = match self.followed.as_ref().map(|f| f.cache.cached(&key)) {
             Some(Ok((user_id, created))) if self.young(created) => return Ok(Some(user_id)),
             Some(Ok(_)) => None,
             Some(Err(generation)) => Some(generation),
@@ -105,8 +112,8 @@ impl LoginSessions {
             self.store.del(&key).await?;
             return Ok(None);
         }
-        if let (Some(cache), Some(generation)) = (&self.cache, generation) {
-            cache.remember(&key, generation, (user_id.to_string(), created));
+        if let (Some(f), Some(generation)) = (&self.followed, generation) {
+            f.cache.remember(&key, generation, (user_id.to_string(), created));
         }
         Ok(Some(user_id.to_string()))
     }
@@ -121,11 +128,9 @@ impl LoginSessions {
     pub async fn revoke(&self, token: &str) -> Result<(), BackendError> {
         let key = key(token);
         self.store.del(&key).await?;
-        if let Some(cache) = &self.cache {
-            cache.changed(&key);
-        }
-        if let Some((conn, channel)) = &self.notices {
-            followed::announce(conn, channel, &key, "session revocation").await;
+        if let Some(f) = &self.followed {
+            f.cache.changed(&key);
+            followed::announce(&f.conn, &f.channel, &key, "session revocation").await;
         }
         Ok(())
     }
@@ -180,7 +185,7 @@ mod tests {
         };
         let (a, b) = (gateway(DEFAULT_MAX_AGE), gateway(DEFAULT_MAX_AGE));
         for s in [&a, &b] {
-            let cache = s.cache.as_ref().unwrap();
+            let cache = &s.followed.as_ref().unwrap().cache;
             for _ in 0..100 {
                 if cache.is_live() {
                     break;
