@@ -102,7 +102,8 @@ pub struct Upstreams {
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct Gateway {
-    pub sessions: LoginSessions,
+    /// Shared: every idle WebSocket holds it, and a pointer costs it 8 bytes, not the whole set.
+    pub sessions: Arc<LoginSessions>,
     pub kv: Arc<dyn ExpiringStore>,
     pub user: UserServiceClient<GrpcChannel>,
     pub file: FileServiceClient<GrpcChannel>,
@@ -128,7 +129,7 @@ impl Gateway {
     ) -> Self {
         push.configure(args.ws_queue_bytes, args.ws_max_devices);
         Self {
-            sessions,
+            sessions: Arc::new(sessions),
             kv,
             user: chatmesh_common::sized!(UserServiceClient::new(up.user)),
             file: chatmesh_common::sized!(FileServiceClient::new(up.file)),

@@ -2,6 +2,7 @@
 //! `ClientAuthenticationReq` (no reply, as in the seed), then receives binary `NotifyMessage`
 //! frames. A bad or expired session closes the socket; the server pings to detect dead peers.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -49,7 +50,7 @@ pub async fn upgrade(State(gw): State<Gateway>, ws: WebSocketUpgrade) -> Respons
 /// What a connection needs from the gateway and no more: an idle connection holds it, inline
 /// in its task, for as long as it is open (the whole `Gateway`, with its gRPC clients, is ~2 KB).
 struct Conn {
-    sessions: chatmesh_common::sessions::LoginSessions,
+    sessions: Arc<chatmesh_common::sessions::LoginSessions>,
     push: crate::push::Connections,
     auth_timeout: Duration,
     ping_interval: Duration,
