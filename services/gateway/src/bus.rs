@@ -84,22 +84,19 @@ impl PushBus {
         // Encoded once; every recipient's queue shares these bytes. Push latency counts from here.
         let push = Push::local(Bytes::from(notify.encode_to_vec()));
         let accepted_ms = now_ms() as i64;
-        match self {
-            PushBus::Local(conns) => {
-                let started = Instant::now();
-                deliver_local(conns, users, &push, skip_session);
-                Hop::PushLocalDeliver.record(started);
-            }
-            PushBus::Redis(bus) => {
-                // This gateway's own connections are the truth about its devices: they get the
-                // push now, not after the presence round trip, which only finds other gateways.
-                let started = Instant::now();
-                deliver_local(&bus.conns, users, &push, skip_session);
-                Hop::PushLocalDeliver.record(started);
-                if let Err(e) = bus.route(users, notify, accepted_ms, skip_session).await {
-                    tracing::error!(error = %e, "routing a notification to other gateways failed");
-                }
-            }
+        let conns = match self {
+            PushBus::Local(conns) => conns,
+            PushBus::Redis(bus) => &bus.conns,
+        };
+        // This gateway's own connections are the truth about its devices: they get the push
+        // now, not after the presence round trip, which only finds other gateways.
+        let started = Instant::now();
+        deliver_local(conns, users, &push, skip_session);
+        Hop::PushLocalDeliver.record(started);
+        if let PushBus::Redis(bus) = self
+            && let Err(e) = bus.route(users, notify, accepted_ms, skip_session).await
+        {
+            tracing::error!(error = %e, "routing a notification to other gateways failed");
         }
     }
 }
