@@ -4,6 +4,12 @@
 //! returns only once the message is durably queued; a consumer acknowledges a batch only after
 //! its handler succeeded, so a crash redelivers, never loses.
 //!
+//! On RabbitMQ, publishes that wait for a free slot go out together as one broker message
+//! ([`QueuedBatch`], on the queue `<queue>.batched`): one publish and one confirm for many, which
+//! is most of the broker's cost per message. The consumer also drains the plain `<queue>` of
+//! releases that published one broker message per message; a rollback to such a release leaves
+//! batches waiting on their own queue instead of handing them to a consumer that cannot read them.
+//!
 //! Connections to RabbitMQ heal by themselves: AMQP heartbeats and a deadline on every network
 //! await detect a dead broker, and publisher and consumer reconnect with backoff, forever,
 //! declaring the queue and consuming again (see [`crate::health`]).
@@ -12,13 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatmesh_proto::{QueuedBatch, QueuedMessage};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
+use prost::Message;
+use tokio::sync::{Mutex, Notify, Semaphore, mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tracing::Instrument;
 
@@ -39,6 +47,14 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 const HEARTBEAT_S: u16 = 5;
 /// Longest a batch handler may take before the batch is given back.
 const HANDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Broker messages being published at once; publishes beyond these wait for a slot and then go
+/// out together. At a steady 1,000 msg/s a confirm is back before the next send, so a message
+/// rarely waits; in a burst the batches grow and the broker's work per message shrinks.
+const AMQP_IN_FLIGHT: usize = 4;
+/// Most messages in one broker message (the consumer's batches stay near [`BATCH`]).
+const AMQP_BATCH: usize = 64;
+/// The broker queue of [`QueuedBatch`]es beside the plain one.
+const BATCHED_SUFFIX: &str = ".batched";
 
 /// Processes a batch of message bodies; an error redelivers the whole batch.
 #[async_trait]
@@ -79,6 +95,7 @@ pub fn open(
         let db = db.ok_or_else(|| BackendError::Queue("database:// needs a database".into()))?;
         Ok(Arc::new(DbQueue::new(db.clone(), publish_timeout, batch_window)))
     } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        let (writer, pending) = mpsc::channel(PUBLISH_BACKLOG);
         let q = Arc::new(AmqpQueue {
             url: with_heartbeat(url),
             queue: queue.to_string(),
@@ -88,7 +105,9 @@ pub fn open(
             publisher: health.link("amqp-publisher", roles.publish),
             consumer: health.link("amqp-consumer", roles.consume),
             depth_reported: std::sync::atomic::AtomicI64::new(0),
+            writer,
         });
+        tokio::spawn(q.clone().write_batches(pending));
         if roles.publish {
             // Connected ahead of the first send and kept connected, so readiness tells the truth
             // and a send after an outage does not pay for the reconnection.
@@ -141,15 +160,21 @@ pub struct AmqpQueue {
     consumer: Arc<Link>,
     /// When the queue depth was last read (Unix ms).
     depth_reported: std::sync::atomic::AtomicI64,
+    /// Publishes waiting for [`AmqpQueue::write_batches`].
+    writer: mpsc::Sender<Pending>,
 }
 
 impl AmqpQueue {
-    async fn connect(&self) -> Result<(Connection, Channel), BackendError> {
+    /// The queue of batches, where this release publishes.
+    fn batched(&self) -> String {
+        format!("{}{BATCHED_SUFFIX}", self.queue)
+    }
+
+    async fn connect(&self, queue: &str) -> Result<(Connection, Channel), BackendError> {
         let conn =
             timed("connect", OP_TIMEOUT, Connection::connect(&self.url, ConnectionProperties::default())).await?;
         let channel = timed("open a channel", OP_TIMEOUT, conn.create_channel()).await?;
-        let declare =
-            channel.queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default());
+        let declare = channel.queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default());
         timed("declare the queue", OP_TIMEOUT, declare).await?;
         Ok((conn, channel))
     }
@@ -165,7 +190,7 @@ impl AmqpQueue {
         if let Some((_, conn, _)) = slot.take() {
             close(conn).await;
         }
-        let (conn, ch) = self.connect().await?;
+        let (conn, ch) = self.connect(&self.batched()).await?;
         timed("select confirms", OP_TIMEOUT, ch.confirm_select(ConfirmSelectOptions::default())).await?;
         let generation = rand::random();
         *slot = Some((generation, conn, ch.clone()));
@@ -182,18 +207,12 @@ impl AmqpQueue {
         }
     }
 
-    async fn publish_once(
-        &self,
-        body: &[u8],
-        headers: &FieldTable,
-        limit: Duration,
-    ) -> Result<(), (Option<u64>, BackendError)> {
+    async fn publish_once(&self, body: &[u8], limit: Duration) -> Result<(), (Option<u64>, BackendError)> {
         let (generation, ch) = self.channel().await.map_err(|e| (None, e))?;
-        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers.clone()); // persistent
+        let props = BasicProperties::default().with_delivery_mode(2); // persistent
+        let queue = self.batched();
         let confirm = async {
-            ch.basic_publish("".into(), self.queue.as_str().into(), BasicPublishOptions::default(), body, props)
-                .await?
-                .await
+            ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), body, props).await?.await
         };
         match timed("publish", limit, confirm).await {
             Ok(Confirmation::Ack(_)) => Ok(()),
@@ -221,21 +240,55 @@ impl AmqpQueue {
         }
     }
 
+    /// Consumes `source` until `shutdown`, reconnecting with backoff.
+    async fn consume_from(&self, source: Source, handler: &Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_secs(5));
+        while !*shutdown.borrow() {
+            match self.consume_once(source, handler, &mut shutdown, &mut backoff).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let queue = self.source_queue(source);
+                    match source {
+                        Source::Batches => self.consumer.down(&format!("queue {queue}: {e}")),
+                        // The broker's state shows in the main link already.
+                        Source::Plain => tracing::warn!(error = %e, queue, "draining the plain queue failed"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.step()) => {}
+                        _ = crate::stopped(&mut shutdown) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn source_queue(&self, source: Source) -> String {
+        match source {
+            Source::Batches => self.batched(),
+            Source::Plain => self.queue.clone(),
+        }
+    }
+
     /// One consumer connection, until it fails (`Err`) or `shutdown` (`Ok`).
     async fn consume_once(
         &self,
+        source: Source,
         handler: &Arc<dyn BatchHandler>,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Result<(), BackendError> {
-        let (conn, ch) = self.connect().await?;
-        let result = self.consume_on(&conn, &ch, handler, shutdown, backoff).await;
+        let queue = self.source_queue(source);
+        let (conn, ch) = self.connect(&queue).await?;
+        let result = self.consume_on(source, &queue, &conn, &ch, handler, shutdown, backoff).await;
         close(conn).await;
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn consume_on(
         &self,
+        source: Source,
+        queue: &str,
         conn: &Connection,
         ch: &Channel,
         handler: &Arc<dyn BatchHandler>,
@@ -244,14 +297,12 @@ impl AmqpQueue {
     ) -> Result<(), BackendError> {
         timed("set the prefetch", OP_TIMEOUT, ch.basic_qos(BATCH as u16, BasicQosOptions::default())).await?;
         let tag = format!("chatmesh-{}", crate::new_id());
-        let consume = ch.basic_consume(
-            self.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        );
+        let consume =
+            ch.basic_consume(queue.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default());
         let mut consumer = timed("consume", OP_TIMEOUT, consume).await?;
-        self.consumer.up();
+        if source == Source::Batches {
+            self.consumer.up();
+        }
         backoff.reset();
         loop {
             let first = tokio::select! {
@@ -267,29 +318,35 @@ impl AmqpQueue {
                         return Err(BackendError::Queue("connection closed".into()));
                     }
                     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                    let probe = ch.queue_declare(self.queue.as_str().into(), passive, FieldTable::default());
-                    let queue = timed("liveness probe", OP_TIMEOUT, probe).await?;
-                    metrics::gauge!("chatmesh_queue_depth_messages").set(f64::from(queue.message_count()));
+                    let probe = ch.queue_declare(queue.into(), passive, FieldTable::default());
+                    let depth = timed("liveness probe", OP_TIMEOUT, probe).await?;
+                    if source == Source::Batches {
+                        metrics::gauge!("chatmesh_queue_depth_messages").set(f64::from(depth.message_count()));
+                    }
                     continue;
                 }
             };
-            let mut batch = vec![first];
+            let (mut bodies, mut contexts) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+            source.unpack(&first, &mut bodies, &mut contexts);
+            let mut last = first;
             // Gather for a short window after the first message: each batch costs one insert,
             // one bulk index and one ack, so fewer, larger batches leave more CPU to the sends
             // (storage is after the confirm: the window delays history, never a push).
             let window = tokio::time::Instant::now() + self.batch_window;
-            while batch.len() < BATCH {
+            while bodies.len() < BATCH {
                 match tokio::time::timeout_at(window, consumer.next()).await {
-                    Ok(Some(d)) => batch.push(d.map_err(amqp)?),
+                    Ok(Some(d)) => {
+                        last = d.map_err(amqp)?;
+                        source.unpack(&last, &mut bodies, &mut contexts);
+                    }
                     _ => break,
                 }
             }
-            let bodies: Vec<Vec<u8>> = batch.iter().map(|d| d.data.clone()).collect();
-            let last = batch.last().expect("batch is not empty");
-            let contexts: Vec<Context> = batch.iter().map(Context::of_delivery).collect();
-            let span = batch_span(&self.queue, contexts.iter());
+            let span = batch_span(queue, contexts.iter());
             let handled = tokio::time::timeout(HANDLE_TIMEOUT, handler.handle(&bodies)).instrument(span).await;
-            self.report_depth(ch).await;
+            if source == Source::Batches {
+                self.report_depth(ch).await;
+            }
             let outcome = match handled {
                 Ok(outcome) => outcome,
                 Err(_) => Err(format!("not handled within {HANDLE_TIMEOUT:?}")),
@@ -299,7 +356,7 @@ impl AmqpQueue {
                     timed("acknowledge", OP_TIMEOUT, last.ack(BasicAckOptions { multiple: true })).await?;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, messages = batch.len(), "batch failed; redelivering");
+                    tracing::warn!(error = %e, messages = bodies.len(), "batch failed; redelivering");
                     let requeue = BasicNackOptions { multiple: true, requeue: true };
                     timed("give back", OP_TIMEOUT, last.nack(requeue)).await?;
                     tokio::select! {
@@ -323,7 +380,7 @@ impl AmqpQueue {
         }
         self.depth_reported.store(now, std::sync::atomic::Ordering::Relaxed);
         let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let probe = ch.queue_declare(self.queue.as_str().into(), passive, FieldTable::default());
+        let probe = ch.queue_declare(self.batched().as_str().into(), passive, FieldTable::default());
         if let Ok(queue) = timed("depth", OP_TIMEOUT, probe).await {
             metrics::gauge!("chatmesh_queue_depth_messages").set(f64::from(queue.message_count()));
         }
@@ -341,23 +398,46 @@ async fn close(conn: Connection) {
 impl MessageQueue for AmqpQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
         let span = publish_span(&self.queue);
-        let headers = message_headers(Context::of(&span));
-        self.publish_with(body, headers).instrument(span).await
+        let context = Context::of(&span);
+        let late = "the broker did not confirm in time";
+        hand_over(&self.writer, body, context, self.publish_timeout, late).instrument(span).await
     }
 
-    async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_secs(5));
-        while !*shutdown.borrow() {
-            match self.consume_once(&handler, &mut shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.consumer.down(&format!("queue {}: {e}", self.queue));
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.step()) => {}
-                        _ = crate::stopped(&mut shutdown) => {}
+    async fn consume(&self, handler: Arc<dyn BatchHandler>, shutdown: watch::Receiver<bool>) {
+        tokio::join!(
+            self.consume_from(Source::Batches, &handler, shutdown.clone()),
+            self.consume_from(Source::Plain, &handler, shutdown),
+        );
+    }
+}
+
+/// The two broker queues a consumer drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `<queue>.batched`: [`QueuedBatch`]es, as this release publishes.
+    Batches,
+    /// `<queue>`: one message per broker message, as earlier releases published.
+    Plain,
+}
+
+impl Source {
+    /// Appends the messages `delivery` carries.
+    fn unpack(self, delivery: &lapin::message::Delivery, bodies: &mut Vec<Vec<u8>>, contexts: &mut Vec<Context>) {
+        match self {
+            Source::Plain => {
+                bodies.push(delivery.data.clone());
+                contexts.push(Context::of_delivery(delivery));
+            }
+            Source::Batches => match QueuedBatch::decode(delivery.data.as_slice()) {
+                Ok(batch) => {
+                    for m in batch.messages {
+                        bodies.push(m.body);
+                        contexts.push(Context { traceparent: m.traceparent, published_ms: m.published_ms });
                     }
                 }
-            }
+                // Redelivering it would block the queue forever.
+                Err(e) => tracing::error!(error = %e, bytes = delivery.data.len(), "dropping an undecodable batch"),
+            },
         }
     }
 }
@@ -365,7 +445,8 @@ impl MessageQueue for AmqpQueue {
 /// Header of the publishing time (Unix milliseconds), for the consumer's lag.
 const PUBLISHED_MS: &str = "chatmesh-published-ms";
 
-/// A message's headers: its [`Context`].
+/// A message's headers: its [`Context`], as releases before [`QueuedBatch`] sent it.
+#[cfg(test)]
 fn message_headers(context: Context) -> FieldTable {
     let mut headers = FieldTable::default();
     if let Some(tp) = context.traceparent {
@@ -441,15 +522,52 @@ fn batch_span<'a>(queue: &str, batch: impl ExactSizeIterator<Item = &'a Context>
 }
 
 impl AmqpQueue {
-    async fn publish_with(&self, body: Vec<u8>, headers: FieldTable) -> Result<(), BackendError> {
+    /// The writer: every publish waiting when a slot frees up goes out in one broker message,
+    /// with up to [`AMQP_IN_FLIGHT`] broker messages awaiting their confirms at once. Ends when
+    /// its queue is dropped.
+    async fn write_batches(self: Arc<Self>, mut pending: mpsc::Receiver<Pending>) {
+        let slots = Arc::new(Semaphore::new(AMQP_IN_FLIGHT));
+        let mut batch = Vec::with_capacity(AMQP_BATCH);
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            if pending.recv_many(&mut batch, AMQP_BATCH).await == 0 {
+                return;
+            }
+            let this = self.clone();
+            let batch = std::mem::replace(&mut batch, Vec::with_capacity(AMQP_BATCH));
+            tokio::spawn(async move {
+                this.publish_batch(batch).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Publishes `batch` and tells each publisher the outcome, retrying with backoff until the
+    /// publish timeout or until every publisher has given up.
+    async fn publish_batch(&self, mut batch: Vec<Pending>) {
         let deadline = tokio::time::Instant::now() + self.publish_timeout;
         let mut backoff = Backoff::new(Duration::from_secs(1));
-        loop {
+        let outcome = loop {
+            // A publisher that gave up (its timeout) was told the send failed: not queued then.
+            batch.retain(|p| !p.done.is_closed());
+            if batch.is_empty() {
+                return;
+            }
+            let messages = batch
+                .iter()
+                .map(|p| QueuedMessage {
+                    body: p.body.clone(),
+                    traceparent: p.context.traceparent.clone(),
+                    published_ms: p.context.published_ms,
+                })
+                .collect();
+            let body = QueuedBatch { messages }.encode_to_vec();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.publish_once(&body, &headers, left.min(OP_TIMEOUT)).await {
+            match self.publish_once(&body, left.min(OP_TIMEOUT)).await {
                 Ok(()) => {
                     self.publisher.up();
-                    return Ok(());
+                    metrics::histogram!("chatmesh_queue_publish_batch_size").record(batch.len() as f64);
+                    break Ok(());
                 }
                 Err((generation, e)) => {
                     // The broker may be restarting: drop the channel and try a fresh one.
@@ -459,12 +577,34 @@ impl AmqpQueue {
                     }
                     let pause = backoff.step();
                     if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(e);
+                        break Err(e.to_string());
                     }
                     tokio::time::sleep(pause).await;
                 }
             }
+        };
+        for p in batch {
+            let _ = p.done.send(outcome.clone());
         }
+    }
+}
+
+/// Gives a publish to a queue's writer and waits (within `timeout`) for its outcome.
+async fn hand_over(
+    writer: &mpsc::Sender<Pending>,
+    body: Vec<u8>,
+    context: Context,
+    timeout: Duration,
+    late: &str,
+) -> Result<(), BackendError> {
+    let (done, committed) = oneshot::channel();
+    let queued = async {
+        writer.send(Pending { body, context, done }).await.map_err(|_| "the queue writer stopped".to_string())?;
+        committed.await.map_err(|_| "the queue writer stopped".to_string())?
+    };
+    match tokio::time::timeout(timeout, queued).await {
+        Ok(outcome) => outcome.map_err(BackendError::Queue),
+        Err(_) => Err(BackendError::Queue(late.into())),
     }
 }
 
@@ -549,18 +689,8 @@ impl MessageQueue for DbQueue {
     async fn publish(&self, body: Vec<u8>) -> Result<(), BackendError> {
         let span = publish_span(DB_QUEUE);
         let context = Context::of(&span);
-        let (done, committed) = oneshot::channel();
-        let queued = async {
-            self.writer
-                .send(Pending { body, context, done })
-                .await
-                .map_err(|_| "the queue writer stopped".to_string())?;
-            committed.await.map_err(|_| "the queue writer stopped".to_string())?
-        };
-        match tokio::time::timeout(self.publish_timeout, queued).instrument(span).await {
-            Ok(outcome) => outcome.map_err(BackendError::Queue),
-            Err(_) => Err(BackendError::Queue("the database did not take the message in time".into())),
-        }
+        let late = "the database did not take the message in time";
+        hand_over(&self.writer, body, context, self.publish_timeout, late).instrument(span).await
     }
 
     async fn consume(&self, handler: Arc<dyn BatchHandler>, mut shutdown: watch::Receiver<bool>) {
@@ -869,5 +999,93 @@ mod tests {
         let queue = open(&url, &queue, Duration::from_secs(5), BATCH_WINDOW, None, &health, BOTH).unwrap();
         delivers_everything_after_a_failure(queue).await;
         assert!(health.check().is_ok(), "connected links are up: {:?}", health.check());
+    }
+
+    /// Publishes `bodies` to `queue` on a connection of its own, as a release before batches did.
+    async fn publish_plain(url: &str, queue: &str, bodies: &[Vec<u8>]) {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default()).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        for body in bodies {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(message_headers(Context { traceparent: None, published_ms: Some(unix_ms()) }));
+            let confirm =
+                ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, props).await.unwrap();
+            assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(_)));
+        }
+        conn.close(200, "done".into()).await.unwrap();
+    }
+
+    async fn depth(url: &str, queue: &str) -> u32 {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let q = ch.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap();
+        conn.close(200, "done".into()).await.unwrap();
+        q.message_count()
+    }
+
+    /// Concurrent publishes share broker messages; each still gets its own confirm, and every
+    /// message is consumed exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_queue_puts_concurrent_publishes_in_shared_broker_messages() {
+        let Some(url) = crate::test_url("CHATMESH_TEST_AMQP_URL") else { return };
+        let name = format!("chatmesh-t-{}", crate::new_id());
+        let queue = open(&url, &name, Duration::from_secs(10), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
+        let publishes: Vec<_> = (0..2000u32)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.publish(i.to_be_bytes().to_vec()).await })
+            })
+            .collect();
+        for p in publishes {
+            p.await.unwrap().unwrap();
+        }
+        let broker_messages = depth(&url, &format!("{name}{BATCHED_SUFFIX}")).await;
+        assert!(
+            (1..=1000).contains(&broker_messages),
+            "2,000 concurrent publishes took {broker_messages} broker messages"
+        );
+        let handler = Arc::new(Flaky::default());
+        handler.calls.store(1, Ordering::SeqCst); // no failure
+        let (stop, shutdown) = watch::channel(false);
+        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
+        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
+        handler.wait_for(2000).await;
+        tokio::time::sleep(Duration::from_millis(300)).await; // anything doubled would show by now
+        stop.send(true).unwrap();
+        consumer.await.unwrap();
+        let mut seen = handler.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2000, "nothing consumed twice");
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 2000, "every message consumed");
+    }
+
+    /// What an earlier release left on the plain queue is consumed too, and an undecodable
+    /// batch is dropped rather than blocking the messages behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rabbitmq_consumer_drains_the_plain_queue_and_skips_undecodable_batches() {
+        let Some(url) = crate::test_url("CHATMESH_TEST_AMQP_URL") else { return };
+        let name = format!("chatmesh-t-{}", crate::new_id());
+        publish_plain(&url, &name, &[vec![1], vec![2]]).await;
+        publish_plain(&url, &format!("{name}{BATCHED_SUFFIX}"), &[b"\xff not a batch".to_vec()]).await;
+        let queue = open(&url, &name, Duration::from_secs(10), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
+        queue.publish(vec![3]).await.unwrap();
+        let handler = Arc::new(Flaky::default());
+        handler.calls.store(1, Ordering::SeqCst); // no failure
+        let (stop, shutdown) = watch::channel(false);
+        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
+        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
+        handler.wait_for(3).await;
+        stop.send(true).unwrap();
+        consumer.await.unwrap();
+        let mut seen = handler.seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, vec![vec![1u8], vec![2], vec![3]]);
+        assert_eq!(depth(&url, &name).await, 0, "the plain queue is drained");
+        assert_eq!(depth(&url, &format!("{name}{BATCHED_SUFFIX}")).await, 0, "the bad batch is not redelivered");
     }
 }
