@@ -867,6 +867,43 @@ mod tests {
         }
     }
 
+    /// `n` publishes at once, each acknowledged.
+    async fn publish_concurrently(queue: &Arc<dyn MessageQueue>, n: u32) {
+        let publishes: Vec<_> = (0..n)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.publish(i.to_be_bytes().to_vec()).await })
+            })
+            .collect();
+        for p in publishes {
+            p.await.unwrap().unwrap();
+        }
+    }
+
+    /// What a consumer that never fails handles once `n` messages arrived (and `linger` more).
+    /// Returns the handler, for its calls.
+    async fn consume(queue: &Arc<dyn MessageQueue>, n: usize, linger: Duration) -> Arc<Flaky> {
+        let handler = Arc::new(Flaky::default());
+        handler.calls.store(1, Ordering::SeqCst); // no failure
+        let (stop, shutdown) = watch::channel(false);
+        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
+        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
+        handler.wait_for(n).await;
+        tokio::time::sleep(linger).await;
+        stop.send(true).unwrap();
+        consumer.await.unwrap();
+        handler
+    }
+
+    /// Every one of `n` messages seen, none twice.
+    fn assert_each_once(handler: &Flaky, n: usize) {
+        let mut seen = handler.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), n, "nothing consumed twice");
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "every message consumed");
+    }
+
     async fn delivers_everything_after_a_failure(queue: Arc<dyn MessageQueue>) {
         let handler = Arc::new(Flaky::default());
         let (stop, shutdown) = watch::channel(false);
@@ -933,31 +970,11 @@ mod tests {
         let (_dir, db) = sqlite(4).await;
         let queue = open("database://", "q", Duration::from_secs(5), BATCH_WINDOW, Some(&db), &Health::default(), BOTH)
             .unwrap();
-        let publishes: Vec<_> = (0..2000u32)
-            .map(|i| {
-                let q = queue.clone();
-                tokio::spawn(async move { q.publish(i.to_be_bytes().to_vec()).await })
-            })
-            .collect();
-        for p in publishes {
-            p.await.unwrap().unwrap();
-        }
+        publish_concurrently(&queue, 2000).await;
         let (queued,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM queued_message").fetch_one(&db.pool).await.unwrap();
         assert_eq!(queued, 2000, "every acknowledged publish is in the table");
-        let handler = Arc::new(Flaky::default());
-        handler.calls.store(1, Ordering::SeqCst);
-        let (stop, shutdown) = watch::channel(false);
-        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
-        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
-        handler.wait_for(2000).await;
-        stop.send(true).unwrap();
-        consumer.await.unwrap();
-        let mut seen = handler.seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 2000, "nothing consumed twice");
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), 2000, "every message consumed");
+        assert_each_once(&*consume(&queue, 2000, Duration::ZERO).await, 2000);
     }
 
     /// Messages trickling in while the consumer is not behind are gathered for the window into
@@ -1034,34 +1051,14 @@ mod tests {
         let Some(url) = crate::test_url("CHATMESH_TEST_AMQP_URL") else { return };
         let name = format!("chatmesh-t-{}", crate::new_id());
         let queue = open(&url, &name, Duration::from_secs(10), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
-        let publishes: Vec<_> = (0..2000u32)
-            .map(|i| {
-                let q = queue.clone();
-                tokio::spawn(async move { q.publish(i.to_be_bytes().to_vec()).await })
-            })
-            .collect();
-        for p in publishes {
-            p.await.unwrap().unwrap();
-        }
+        publish_concurrently(&queue, 2000).await;
         let broker_messages = depth(&url, &format!("{name}{BATCHED_SUFFIX}")).await;
         assert!(
             (1..=1000).contains(&broker_messages),
             "2,000 concurrent publishes took {broker_messages} broker messages"
         );
-        let handler = Arc::new(Flaky::default());
-        handler.calls.store(1, Ordering::SeqCst); // no failure
-        let (stop, shutdown) = watch::channel(false);
-        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
-        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
-        handler.wait_for(2000).await;
-        tokio::time::sleep(Duration::from_millis(300)).await; // anything doubled would show by now
-        stop.send(true).unwrap();
-        consumer.await.unwrap();
-        let mut seen = handler.seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 2000, "nothing consumed twice");
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), 2000, "every message consumed");
+        // The linger: anything doubled would show by then.
+        assert_each_once(&*consume(&queue, 2000, Duration::from_millis(300)).await, 2000);
     }
 
     /// What an earlier release left on the plain queue is consumed too, and an undecodable
@@ -1074,14 +1071,7 @@ mod tests {
         publish_plain(&url, &format!("{name}{BATCHED_SUFFIX}"), &[b"\xff not a batch".to_vec()]).await;
         let queue = open(&url, &name, Duration::from_secs(10), BATCH_WINDOW, None, &Health::default(), BOTH).unwrap();
         queue.publish(vec![3]).await.unwrap();
-        let handler = Arc::new(Flaky::default());
-        handler.calls.store(1, Ordering::SeqCst); // no failure
-        let (stop, shutdown) = watch::channel(false);
-        let (q, h): (_, Arc<dyn BatchHandler>) = (queue.clone(), handler.clone());
-        let consumer = tokio::spawn(async move { q.consume(h, shutdown).await });
-        handler.wait_for(3).await;
-        stop.send(true).unwrap();
-        consumer.await.unwrap();
+        let handler = consume(&queue, 3, Duration::ZERO).await;
         let mut seen = handler.seen.lock().unwrap().clone();
         seen.sort();
         assert_eq!(seen, vec![vec![1u8], vec![2], vec![3]]);
