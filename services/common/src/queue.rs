@@ -279,22 +279,22 @@ impl AmqpQueue {
     ) -> Result<(), BackendError> {
         let queue = self.source_queue(source);
         let (conn, ch) = self.connect(&queue).await?;
-        let result = self.consume_on(source, &queue, &conn, &ch, handler, shutdown, backoff).await;
+        let result = self.consume_on(source, &conn, &ch, handler, shutdown, backoff).await;
         close(conn).await;
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn consume_on(
         &self,
         source: Source,
-        queue: &str,
         conn: &Connection,
         ch: &Channel,
         handler: &Arc<dyn BatchHandler>,
         shutdown: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Result<(), BackendError> {
+        let queue = self.source_queue(source);
+        let queue = queue.as_str();
         timed("set the prefetch", OP_TIMEOUT, ch.basic_qos(BATCH as u16, BasicQosOptions::default())).await?;
         let tag = format!("chatmesh-{}", crate::new_id());
         let consume =
