@@ -260,6 +260,9 @@ struct Backends {
     /// offline model still serves everything else.
     speech: Option<chatmesh_speech::SpeechRecognizer>,
     speech_alone: bool,
+    /// Every port of the process listens. The admin port opens first, so without this a pod
+    /// was Ready (and a test sent) while its gateway was still opening the push bus.
+    serving: std::sync::atomic::AtomicBool,
 }
 
 impl Backends {
@@ -319,7 +322,9 @@ impl Backends {
             None
         };
         let db_link = health.link("database", db.is_some());
-        Ok(Self { health, db_link, kv_link, db, kv, index, queue, speech, speech_alone: cli.target == [Speech] })
+        let speech_alone = cli.target == [Speech];
+        let serving = false.into();
+        Ok(Self { health, db_link, kv_link, db, kv, index, queue, speech, speech_alone, serving })
     }
 
     /// Probes the database and the session store now and then, with deadlines, so their links
@@ -348,6 +353,9 @@ impl Backends {
 
     /// Readiness: every required connection is up. Answers at once, whatever the backends do.
     async fn check(&self) -> Result<(), String> {
+        if !self.serving.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("starting: not every port listens yet".into());
+        }
         self.health.check()?;
         if let Some(speech) = self.speech.as_ref().filter(|_| self.speech_alone) {
             tokio::time::timeout(Duration::from_secs(2), speech.ready()).await.map_err(|_| "speech: no answer")??;
@@ -539,6 +547,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             });
         }
     }
+    backends.serving.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
@@ -571,7 +580,8 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     }
 }
 
-/// `/healthz` (the process runs), `/readyz` (its required connections are up), `/metrics`.
+/// `/healthz` (the process runs), `/readyz` (every port listens and the required connections
+/// are up), `/metrics`.
 fn admin_router(backends: Arc<Backends>) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -595,6 +605,20 @@ fn admin_router(backends: Arc<Backends>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connected is not yet ready: until every port listens, `/readyz` says the process is
+    /// starting.
+    #[tokio::test]
+    async fn not_ready_until_every_port_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = format!("--data-dir={}", dir.path().display());
+        let cli = Cli::try_parse_from(["chatmesh", "--target=user", data_dir.as_str()]).unwrap();
+        let backends = Backends::open(&cli).await.unwrap();
+        let starting = backends.check().await.unwrap_err();
+        assert!(starting.contains("starting"), "{starting}");
+        backends.serving.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(backends.check().await, Ok(()));
+    }
 
     /// Standalone, only the gateway's public ports face the network: the internal services act
     /// on the user id inside each request, so nothing but this host may reach them.
