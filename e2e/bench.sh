@@ -71,10 +71,16 @@ full_backends() {
     --amqp-url "$CHATMESH_TEST_AMQP_URL" --amqp-queue "$db" --search-url "$CHATMESH_TEST_ES_URL"
     --search-index-prefix "$db")
 }
-# Benchmarks leave nothing behind in the shared servers but their (uniquely named) database.
+# Benchmarks leave nothing behind in the shared servers: every name they use starts with $db
+# (database, Redis namespace, queues, indices; `compare` adds a suffix per round). Left-over
+# indices and queues would make the next run's Elasticsearch and RabbitMQ work harder.
 drop_db() {
   [[ -n ${db:-} ]] || return 0
   mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
+  [[ -z ${CHATMESH_TEST_ES_URL:-} ]] || curl -s -o /dev/null -XDELETE "$CHATMESH_TEST_ES_URL/$db*" || true
+  redis-cli --scan --pattern "$db*" | xargs -r redis-cli del >/dev/null || true
+  local ctl=(/usr/lib/rabbitmq/bin/rabbitmqctl -n rabbit@localhost -q)
+  "${ctl[@]}" list_queues name 2>/dev/null | grep "^$db" | while read -r q; do "${ctl[@]}" delete_queue "$q" >/dev/null; done || true
 }
 
 pids=()

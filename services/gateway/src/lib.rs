@@ -99,9 +99,19 @@ pub struct Upstreams {
     pub speech: GrpcChannel,
 }
 
-/// Shared by every handler.
+/// Shared by every handler; a clone (one per request, as axum's state) is one pointer.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Gateway(Arc<Shared>);
+
+impl std::ops::Deref for Gateway {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What the handlers share.
+pub struct Shared {
     /// Shared: every idle WebSocket holds it, and a pointer costs it 8 bytes, not the whole set.
     pub sessions: Arc<LoginSessions>,
     pub kv: Arc<dyn ExpiringStore>,
@@ -128,7 +138,7 @@ impl Gateway {
         bus: bus::PushBus,
     ) -> Self {
         push.configure(args.ws_queue_bytes, args.ws_max_devices);
-        Self {
+        Self(Arc::new(Shared {
             sessions: Arc::new(sessions),
             kv,
             user: chatmesh_common::sized!(UserServiceClient::new(up.user)),
@@ -140,7 +150,7 @@ impl Gateway {
             push,
             bus,
             args: Arc::new(args),
-        }
+        }))
     }
 
     /// The HTTP port: the seed's routes, `/ws`, health and metrics.

@@ -47,8 +47,8 @@ pub async fn upgrade(State(gw): State<Gateway>, ws: WebSocketUpgrade) -> Respons
         .on_upgrade(move |socket| serve(conn, socket))
 }
 
-/// What a connection needs from the gateway and no more: an idle connection holds it, inline
-/// in its task, for as long as it is open (the whole `Gateway`, with its gRPC clients, is ~2 KB).
+/// What a connection needs from the gateway: an idle connection holds it, inline in its task,
+/// for as long as it is open.
 struct Conn {
     sessions: Arc<chatmesh_common::sessions::LoginSessions>,
     push: crate::push::Connections,
