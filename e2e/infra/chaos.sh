@@ -101,7 +101,7 @@ rabbitmq)
   }
   fresh() {
     "$BIN/rabbitmqctl" -n chaos@localhost -q list_queues name 2>/dev/null | grep -E '^chatmesh[-_]t' |
-      while read -r q; do "$BIN/rabbitmqctl" -n chaos@localhost -q delete_queue "$q" >/dev/null; done || true
+      while read -r q; do "$BIN/rabbitmqctl" -n chaos@localhost -q delete_queue "$q" </dev/null >/dev/null; done || true
   }
   ;;
 elasticsearch)
