@@ -3,7 +3,10 @@
 //! own id with an expiry in a sorted set (`presence:<user>`, refreshed while connected), and
 //! listens on its own channel (`push:<gateway>`); a sender's gateway delivers to its own
 //! connections at once, then looks the recipients up and publishes one envelope per other
-//! gateway that has any of them.
+//! gateway that has any of them. Each gateway caches the other gateways it found for a user
+//! while it follows presence changes (`<namespace>:presence`, announced by the gateway where a
+//! user's first device arrived or last one left; see [`chatmesh_common::followed`]), so a busy
+//! sender does not ask Redis on every message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
+use chatmesh_common::followed::{self, Followed};
 use chatmesh_common::health::{Backoff, Health, Link};
 use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::{NotifyMessage, PushEnvelope};
@@ -28,6 +32,10 @@ const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
 const SUBSCRIPTION_PING: Duration = Duration::from_secs(5);
 /// Deadline of connecting, subscribing and each ping.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a user's other gateways are taken from the cache (the bound if a presence change's
+/// announcement is lost), and how many users' are kept.
+const PRESENCE_CACHE_TTL: Duration = Duration::from_secs(10);
+const PRESENCE_CACHE_CAPACITY: usize = 65_536;
 
 #[derive(Clone)]
 pub enum PushBus {
@@ -44,6 +52,8 @@ pub struct RedisBus {
     gateway_id: String,
     /// The push subscription: down while this gateway cannot receive pushes from others.
     link: Arc<Link>,
+    /// Per user, the other gateways that hold some of their devices.
+    others: Arc<Followed<Vec<String>>>,
 }
 
 impl PushBus {
@@ -70,7 +80,11 @@ impl PushBus {
             prefix: format!("{namespace}:"),
             gateway_id: chatmesh_common::new_id(),
             link: health.link("redis-pubsub", true),
+            others: Arc::new(Followed::new(PRESENCE_CACHE_TTL, PRESENCE_CACHE_CAPACITY)),
         };
+        let follower: Arc<dyn followed::Follower> = bus.others.clone();
+        let changes = presence_channel(&bus.prefix);
+        tokio::spawn(followed::follow(follower, bus.client.clone(), changes, "presence changes", shutdown.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         conns.report_presence(tx);
         tokio::spawn(bus.clone().track_presence(rx, shutdown.clone()));
@@ -105,6 +119,11 @@ fn deliver_local(conns: &Connections, users: &[String], push: &Push, skip_sessio
     for user in users {
         conns.deliver_frame(user, push, skip_session);
     }
+}
+
+/// Where gateways announce that a user arrived at or left one of them.
+fn presence_channel(prefix: &str) -> String {
+    format!("{prefix}presence")
 }
 
 fn now_ms() -> f64 {
@@ -155,19 +174,34 @@ impl RedisBus {
         skip: Option<&str>,
     ) -> redis::RedisResult<()> {
         let started = Instant::now();
-        let mut pipe = redis::pipe();
-        let now = now_ms();
-        for user in users {
-            pipe.zrangebyscore(self.presence_key(user), now, "+inf");
-        }
-        let gateways: Vec<Vec<String>> = pipe.query_async(&mut self.redis.clone()).await?;
-        Hop::PushPresenceLookup.record(started);
         let mut by_gateway: HashMap<String, Vec<String>> = HashMap::new();
-        for (user, gws) in users.iter().zip(gateways) {
-            for gw in gws.into_iter().filter(|gw| *gw != self.gateway_id) {
+        let mut add = |user: &String, gateways: Vec<String>| {
+            for gw in gateways {
                 by_gateway.entry(gw).or_default().push(user.clone());
             }
+        };
+        // Users not cached, each with the generation its lookup began under.
+        let mut missed = Vec::new();
+        for user in users {
+            match self.others.cached(user) {
+                Ok(gateways) => add(user, gateways),
+                Err(generation) => missed.push((user, generation)),
+            }
         }
+        if !missed.is_empty() {
+            let mut pipe = redis::pipe();
+            let now = now_ms();
+            for (user, _) in &missed {
+                pipe.zrangebyscore(self.presence_key(user), now, "+inf");
+            }
+            let gateways: Vec<Vec<String>> = pipe.query_async(&mut self.redis.clone()).await?;
+            for ((user, generation), mut gws) in missed.into_iter().zip(gateways) {
+                gws.retain(|gw| *gw != self.gateway_id);
+                self.others.remember(user, generation, gws.clone());
+                add(user, gws);
+            }
+        }
+        Hop::PushPresenceLookup.record(started);
         for (gateway, user_ids) in by_gateway {
             let started = Instant::now();
             let envelope = PushEnvelope {
@@ -196,10 +230,7 @@ impl RedisBus {
                 _ = chatmesh_common::stopped(&mut shutdown) => break,
                 _ = tick.tick() => self.mark_online(&self.conns.users()).await,
                 change = changes.recv() => match change {
-                    Some(PresenceChange::Online(user)) => self.mark_online(&[user]).await,
-                    Some(PresenceChange::Offline(user)) => {
-                        self.redis.clone().zrem(self.presence_key(&user), &self.gateway_id).await
-                    }
+                    Some(change) => self.apply(change).await,
                     None => break,
                 },
             };
@@ -214,6 +245,17 @@ impl RedisBus {
             pipe.zrem(self.presence_key(user), &self.gateway_id).ignore();
         }
         let _: redis::RedisResult<()> = pipe.query_async(&mut self.redis.clone()).await;
+    }
+
+    /// Records a user's arrival or departure here, then tells the other gateways, which drop
+    /// what they cached of the user.
+    async fn apply(&self, change: PresenceChange) -> redis::RedisResult<()> {
+        let (result, user) = match change {
+            PresenceChange::Online(user) => (self.mark_online(std::slice::from_ref(&user)).await, user),
+            PresenceChange::Offline(user) => (self.redis.clone().zrem(self.presence_key(&user), &self.gateway_id).await, user),
+        };
+        followed::announce(&self.redis, &presence_channel(&self.prefix), &user, "presence change").await;
+        result
     }
 
     async fn mark_online(&self, users: &[String]) -> redis::RedisResult<()> {
@@ -328,5 +370,38 @@ mod tests {
         assert!(!send.is_finished(), "the presence lookup is still waiting for Redis");
         send.abort();
         held.abort();
+    }
+
+    /// A gateway caches that no other gateway holds a user, and hears at once when the user
+    /// arrives at another: the push reaches the new device long before the entry would expire.
+    #[tokio::test]
+    async fn a_user_arriving_elsewhere_is_heard_before_the_cache_expires() {
+        let Some(url) = chatmesh_common::test_url("CHATMESH_TEST_REDIS_URL") else { return };
+        let namespace = format!("t{}", chatmesh_common::new_id());
+        let (_stop, shutdown) = watch::channel(false);
+        let (here, there) = (Connections::default(), Connections::default());
+        let sender = PushBus::open(here, &url, &namespace, shutdown.clone(), &Health::default()).await.unwrap();
+        let _receiver = PushBus::open(there.clone(), &url, &namespace, shutdown, &Health::default()).await.unwrap();
+        let PushBus::Redis(bus) = &sender else { panic!("a Redis bus") };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !bus.others.is_live() {
+            assert!(Instant::now() < deadline, "presence changes not followed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (user, notify) = (["u".to_string()], NotifyMessage { notify_type: 3, ..Default::default() });
+        sender.send(&user, &notify, None).await;
+        assert_eq!(bus.others.cached("u"), Ok(vec![]), "no other gateway holds u: cached");
+
+        let device = there.register("u", "s");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            sender.send(&user, &notify, None).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if device.next_push().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the arrival was not heard: the cache still says no other gateway");
+        }
+        assert!(PRESENCE_CACHE_TTL > Duration::from_secs(3), "the deadline is shorter than the entry's life");
     }
 }
