@@ -3,7 +3,8 @@
 //! across processes on a Redis channel ([`announce`], [`follow`]). While the subscription is
 //! down nothing is cached, a read that began before an announcement is not cached, and every
 //! entry also expires, bounding the damage of an announcement lost in a crash. Transmit caches
-//! chat members this way ([`crate::members`]), gateways login sessions ([`crate::sessions`]).
+//! chat members this way ([`crate::members`]), gateways login sessions ([`crate::sessions`])
+//! and where each user's other devices are (the gateway's push bus).
 
 use std::collections::HashMap;
 use std::sync::Arc;

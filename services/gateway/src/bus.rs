@@ -252,7 +252,9 @@ impl RedisBus {
     async fn apply(&self, change: PresenceChange) -> redis::RedisResult<()> {
         let (result, user) = match change {
             PresenceChange::Online(user) => (self.mark_online(std::slice::from_ref(&user)).await, user),
-            PresenceChange::Offline(user) => (self.redis.clone().zrem(self.presence_key(&user), &self.gateway_id).await, user),
+            PresenceChange::Offline(user) => {
+                (self.redis.clone().zrem(self.presence_key(&user), &self.gateway_id).await, user)
+            }
         };
         followed::announce(&self.redis, &presence_channel(&self.prefix), &user, "presence change").await;
         result
