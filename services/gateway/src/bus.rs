@@ -260,6 +260,21 @@ impl RedisBus {
         result
     }
 
+    /// [`followed::announce`] for many users at once (one pipelined round trip).
+    async fn announce_all(&self, users: &[String]) {
+        if users.is_empty() {
+            return;
+        }
+        let channel = presence_channel(&self.prefix);
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.publish(&channel, user).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut self.redis.clone()).await {
+            tracing::warn!(error = %e, "restored presence not announced");
+        }
+    }
+
     async fn mark_online(&self, users: &[String]) -> redis::RedisResult<()> {
         if users.is_empty() {
             return Ok(());
@@ -306,10 +321,13 @@ impl RedisBus {
             Ok(Err(e)) => return format!("subscribing: {e}"),
             Err(_) => return "subscribing: no answer".into(),
         }
-        // Presence may have been lost with the connection: announce ourselves again.
-        if let Err(e) = self.mark_online(&self.conns.users()).await {
+        // Presence may have been lost with the connection: record ourselves again, and tell
+        // the other gateways, which may have cached these users as elsewhere or nowhere.
+        let users = self.conns.users();
+        if let Err(e) = self.mark_online(&users).await {
             return format!("restoring presence: {e}");
         }
+        self.announce_all(&users).await;
         self.link.up();
         backoff.reset();
         let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
@@ -405,5 +423,41 @@ mod tests {
             assert!(Instant::now() < deadline, "the arrival was not heard: the cache still says no other gateway");
         }
         assert!(PRESENCE_CACHE_TTL > Duration::from_secs(3), "the deadline is shorter than the entry's life");
+    }
+
+    /// A gateway that records its users again after (re)subscribing (its presence may have
+    /// been lost with Redis) tells the others: here the sender cached the user as nowhere
+    /// before the other gateway, already holding the user's device, came up.
+    #[tokio::test]
+    async fn restored_presence_is_heard_before_the_cache_expires() {
+        let Some(url) = chatmesh_common::test_url("CHATMESH_TEST_REDIS_URL") else { return };
+        let namespace = format!("t{}", chatmesh_common::new_id());
+        let (_stop, shutdown) = watch::channel(false);
+        let sender = PushBus::open(Connections::default(), &url, &namespace, shutdown.clone(), &Health::default())
+            .await
+            .unwrap();
+        let PushBus::Redis(bus) = &sender else { panic!("a Redis bus") };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !bus.others.is_live() {
+            assert!(Instant::now() < deadline, "presence changes not followed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (user, notify) = (["u".to_string()], NotifyMessage { notify_type: 3, ..Default::default() });
+        sender.send(&user, &notify, None).await;
+        assert_eq!(bus.others.cached("u"), Ok(vec![]), "no other gateway holds u: cached");
+
+        // Registered before its bus opens: no arrival is announced, only the restore.
+        let there = Connections::default();
+        let device = there.register("u", "s");
+        let _restored = PushBus::open(there, &url, &namespace, shutdown, &Health::default()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            sender.send(&user, &notify, None).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if device.next_push().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the restore was not heard: the cache still says no other gateway");
+        }
     }
 }
