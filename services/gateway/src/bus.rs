@@ -392,72 +392,72 @@ mod tests {
         held.abort();
     }
 
+    /// A sending gateway on `url` that has sent to user `u` while no other gateway held `u`,
+    /// and so cached that.
+    async fn sender_caching_u_as_nowhere(url: &str, namespace: &str, shutdown: watch::Receiver<bool>) -> PushBus {
+        let sender = PushBus::open(Connections::default(), url, namespace, shutdown, &Health::default()).await.unwrap();
+        let PushBus::Redis(bus) = &sender else { panic!("a Redis bus") };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !bus.others.is_live() {
+            assert!(Instant::now() < deadline, "presence changes not followed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sender.send(&["u".to_string()], &NotifyMessage::default(), None).await;
+        assert_eq!(bus.others.cached("u"), Ok(vec![]), "no other gateway holds u: cached");
+        sender
+    }
+
+    /// Sends to `u` until `device` has a push; fails (saying `unheard`) after 3 s, well within
+    /// the cache's entry life, so only an announcement can make it.
+    async fn sends_reach(sender: &PushBus, device: &crate::push::Registration, unheard: &str) {
+        assert!(PRESENCE_CACHE_TTL > Duration::from_secs(3), "the deadline is shorter than the entry's life");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            sender.send(&["u".to_string()], &NotifyMessage::default(), None).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if device.next_push().is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{unheard}: the cache still says no other gateway");
+        }
+    }
+
     /// A gateway caches that no other gateway holds a user, and hears at once when the user
-    /// arrives at another: the push reaches the new device long before the entry would expire.
+    /// arrives at another.
     #[tokio::test]
     async fn a_user_arriving_elsewhere_is_heard_before_the_cache_expires() {
         let Some(url) = chatmesh_common::test_url("CHATMESH_TEST_REDIS_URL") else { return };
         let namespace = format!("t{}", chatmesh_common::new_id());
         let (_stop, shutdown) = watch::channel(false);
-        let (here, there) = (Connections::default(), Connections::default());
-        let sender = PushBus::open(here, &url, &namespace, shutdown.clone(), &Health::default()).await.unwrap();
-        let _receiver = PushBus::open(there.clone(), &url, &namespace, shutdown, &Health::default()).await.unwrap();
+        let sender = sender_caching_u_as_nowhere(&url, &namespace, shutdown.clone()).await;
         let PushBus::Redis(bus) = &sender else { panic!("a Redis bus") };
+        let before = bus.others.cached("d").unwrap_err();
+        // The other gateway opens holding `d` only; once its restore of `d` is heard, only the
+        // arrival can announce `u`.
+        let there = Connections::default();
+        let _d = there.register("d", "s");
+        let _receiver = PushBus::open(there.clone(), &url, &namespace, shutdown, &Health::default()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !bus.others.is_live() {
-            assert!(Instant::now() < deadline, "presence changes not followed");
+        while bus.others.cached("d") == Err(before) {
+            assert!(Instant::now() < deadline, "the other gateway's restore was not heard");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (user, notify) = (["u".to_string()], NotifyMessage { notify_type: 3, ..Default::default() });
-        sender.send(&user, &notify, None).await;
-        assert_eq!(bus.others.cached("u"), Ok(vec![]), "no other gateway holds u: cached");
-
         let device = there.register("u", "s");
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            sender.send(&user, &notify, None).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if device.next_push().is_some() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the arrival was not heard: the cache still says no other gateway");
-        }
-        assert!(PRESENCE_CACHE_TTL > Duration::from_secs(3), "the deadline is shorter than the entry's life");
+        sends_reach(&sender, &device, "the arrival was not heard").await;
     }
 
     /// A gateway that records its users again after (re)subscribing (its presence may have
-    /// been lost with Redis) tells the others: here the sender cached the user as nowhere
-    /// before the other gateway, already holding the user's device, came up.
+    /// been lost with Redis) tells the others: here the other gateway already holds the
+    /// user's device when its bus opens, so only its restore records the user.
     #[tokio::test]
     async fn restored_presence_is_heard_before_the_cache_expires() {
         let Some(url) = chatmesh_common::test_url("CHATMESH_TEST_REDIS_URL") else { return };
         let namespace = format!("t{}", chatmesh_common::new_id());
         let (_stop, shutdown) = watch::channel(false);
-        let sender = PushBus::open(Connections::default(), &url, &namespace, shutdown.clone(), &Health::default())
-            .await
-            .unwrap();
-        let PushBus::Redis(bus) = &sender else { panic!("a Redis bus") };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !bus.others.is_live() {
-            assert!(Instant::now() < deadline, "presence changes not followed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (user, notify) = (["u".to_string()], NotifyMessage { notify_type: 3, ..Default::default() });
-        sender.send(&user, &notify, None).await;
-        assert_eq!(bus.others.cached("u"), Ok(vec![]), "no other gateway holds u: cached");
-
-        // Registered before its bus opens: no arrival is announced, only the restore.
+        let sender = sender_caching_u_as_nowhere(&url, &namespace, shutdown.clone()).await;
         let there = Connections::default();
         let device = there.register("u", "s");
         let _restored = PushBus::open(there, &url, &namespace, shutdown, &Health::default()).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            sender.send(&user, &notify, None).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if device.next_push().is_some() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the restore was not heard: the cache still says no other gateway");
-        }
+        sends_reach(&sender, &device, "the restore was not heard").await;
     }
 }
