@@ -71,20 +71,24 @@ pub struct Stack {
     external: Option<external::Turn>,
 }
 
-/// A port nothing listens on. Taken from below the kernel's ephemeral range (where port 0
-/// binds land, so two stacks asking the kernel could be handed the same port between its
-/// release and our bind), counting up from a random start so parallel tests never collide.
+/// A port nothing listens on. Taken from 12000-31999, below the kernel's ephemeral range
+/// (where port 0 binds land, so two stacks asking the kernel could be handed the same port
+/// between its release and our bind), counting up from a start that depends on the process
+/// so parallel test binaries rarely collide, and wrapping around at the top (a start near it
+/// had run out of ports in a CI run).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: std::sync::OnceLock<AtomicU16> = std::sync::OnceLock::new();
-    let next = NEXT.get_or_init(|| AtomicU16::new(12000 + (std::process::id() % 400) as u16 * 50));
-    loop {
-        let port = next.fetch_add(1, Ordering::Relaxed);
-        assert!(port < 32000, "ran out of test ports");
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 12000;
+    const SPAN: u32 = 20000;
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id() % 400 * 50));
+    for _ in 0..SPAN {
+        let port = (FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free test port in {FIRST}-{}", FIRST + SPAN - 1);
 }
 
 /// A registered, logged-in user of a test.
