@@ -102,12 +102,17 @@ impl<V: Clone + Send + 'static> Follower for Followed<V> {
     }
 }
 
-/// Announces on `channel`, after the change was made, that `key` changed. A failure is logged
-/// (as `what`): the followers' entries expire within their TTL anyway.
-pub async fn announce(conn: &redis::aio::ConnectionManager, channel: &str, key: &str, what: &str) {
-    let (mut conn, mut cmd) = (conn.clone(), redis::cmd("PUBLISH"));
-    cmd.arg(channel).arg(key);
-    match tokio::time::timeout(ANNOUNCE_TIMEOUT, cmd.query_async::<i64>(&mut conn)).await {
+/// Announces on `channel`, after the change was made, that `keys` changed (one pipelined round
+/// trip). A failure is logged (as `what`): the followers' entries expire within their TTL anyway.
+pub async fn announce<K: AsRef<str>>(conn: &redis::aio::ConnectionManager, channel: &str, keys: &[K], what: &str) {
+    if keys.is_empty() {
+        return;
+    }
+    let (mut conn, mut pipe) = (conn.clone(), redis::pipe());
+    for key in keys {
+        pipe.publish(channel, key.as_ref()).ignore();
+    }
+    match tokio::time::timeout(ANNOUNCE_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "{what} not announced"),
         Err(_) => tracing::warn!("{what} not announced: no answer"),

@@ -107,7 +107,7 @@ impl MembershipNotices {
             MembershipNotices::Nobody => {}
             MembershipNotices::Local(members) => members.changed(session),
             MembershipNotices::Redis { conn, channel } => {
-                followed::announce(conn, channel, session, "membership change").await;
+                followed::announce(conn, channel, &[session], "membership change").await;
             }
         }
     }

@@ -130,7 +130,7 @@ impl LoginSessions {
         self.store.del(&key).await?;
         if let Some(f) = &self.followed {
             f.cache.changed(&key);
-            followed::announce(&f.conn, &f.channel, &key, "session revocation").await;
+            followed::announce(&f.conn, &f.channel, &[&key], "session revocation").await;
         }
         Ok(())
     }

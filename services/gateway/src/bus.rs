@@ -256,23 +256,8 @@ impl RedisBus {
                 (self.redis.clone().zrem(self.presence_key(&user), &self.gateway_id).await, user)
             }
         };
-        followed::announce(&self.redis, &presence_channel(&self.prefix), &user, "presence change").await;
+        followed::announce(&self.redis, &presence_channel(&self.prefix), &[user], "presence change").await;
         result
-    }
-
-    /// [`followed::announce`] for many users at once (one pipelined round trip).
-    async fn announce_all(&self, users: &[String]) {
-        if users.is_empty() {
-            return;
-        }
-        let channel = presence_channel(&self.prefix);
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.publish(&channel, user).ignore();
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut self.redis.clone()).await {
-            tracing::warn!(error = %e, "restored presence not announced");
-        }
     }
 
     async fn mark_online(&self, users: &[String]) -> redis::RedisResult<()> {
@@ -327,7 +312,7 @@ impl RedisBus {
         if let Err(e) = self.mark_online(&users).await {
             return format!("restoring presence: {e}");
         }
-        self.announce_all(&users).await;
+        followed::announce(&self.redis, &presence_channel(&self.prefix), &users, "restored presence").await;
         self.link.up();
         backoff.reset();
         let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
