@@ -14,7 +14,7 @@ mariadb -h127.0.0.1 -uchatmesh -pchatmesh -N -e "SHOW DATABASES LIKE 'chatmesh\_
 
 ctl=/usr/lib/rabbitmq/bin/rabbitmqctl
 ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev/null | grep -E '^chatmesh[-_]t' |
-  while read -r q; do ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q delete_queue "$q" >/dev/null; done || true
+  while read -r q; do ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q delete_queue "$q" </dev/null >/dev/null; done || true
 
 # The linters first: they fail in seconds where the tests take minutes.
 # Every shell script under e2e/ and .ci/ (by name or by its #! line).

@@ -132,7 +132,7 @@ async fn internal_ports_refuse_everyone_but_allowed_services() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("system CA");
     let (stack, _files) = mesh_stack(Backend::Standalone, &ca, dir.path()).await;
-    // The gateway reaches the user service over mutual TLS: ordinary use works.
+    // Ordinary use works (inside this one process, calls do not cross the internal ports).
     let (_, session) = stack.user("victim").await;
     let victim = stack.client.user_info(&session).await.unwrap();
     let ca_pem = ca.pem();
@@ -204,19 +204,29 @@ async fn internal_ports_refuse_everyone_but_allowed_services() {
 async fn certificates_reload_without_failing_calls() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("system CA");
-    let (stack, files) = mesh_stack(Backend::Standalone, &ca, dir.path()).await;
-    let (_, session) = stack.user("reload").await;
-    let stack = Arc::new(stack);
+    let files = ca.write(dir.path(), "mesh", &ALL_SERVICES);
+    let flags = files.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // The gateway in a process of its own: within one process calls do not use connections.
+    let Some(stack) = Stack::start_parts(Backend::Real, "user,friend,file,message,transmit,speech", &flags).await
+    else {
+        return;
+    };
+    let (gateway, client) = stack.spawn("gateway").await;
+    let nickname = format!("reload{}", &chatmesh_common::new_id()[..8]);
+    client.register(&nickname, "pass_word-1").await.unwrap();
+    let session = client.login(&nickname, "pass_word-1").await.unwrap();
+    let client = Arc::new(client);
     let done = Arc::new(AtomicBool::new(false));
     let (calls, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut callers = Vec::new();
     for _ in 0..4 {
-        let (stack, session, done, calls, failures) =
-            (stack.clone(), session.clone(), done.clone(), calls.clone(), failures.clone());
+        let (client, session, done, calls, failures) =
+            (client.clone(), session.clone(), done.clone(), calls.clone(), failures.clone());
         callers.push(tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
                 // gateway -> user over mutual TLS on every call.
-                if let Err(e) = stack.client.user_info(&session).await {
+                if let Err(e) = client.user_info(&session).await {
                     eprintln!("call failed during reload: {e}");
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -251,7 +261,8 @@ async fn certificates_reload_without_failing_calls() {
     let (calls, failures) = (calls.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
     assert!(calls > 20, "the calls streamed ({calls})");
     assert_eq!(failures, 0, "{failures} of {calls} calls failed during certificate reloads");
-    Arc::into_inner(stack).expect("callers finished").stop().await;
+    gateway.stop().await;
+    stack.stop().await;
 }
 
 use rustls::pki_types::pem::PemObject;

@@ -1,6 +1,8 @@
 //! The one chatmesh binary: `--target gateway|user|friend|file|message|transmit|speech|migrate|reindex|all`. Each target is a service
 //! library under `services/`; this crate only parses configuration and wires them together.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,9 @@ use chatmesh_common::telemetry::LogFormat;
 use chatmesh_common::{Database, ExpiringStore, LoginSessions};
 use clap::Parser;
 use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::codegen::Service as GrpcServer;
+use tonic::codegen::http::{Request, Response};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -405,9 +410,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     spawn_http(&mut tasks, grpc::bind(cli.admin_listen).await?, admin);
 
     let grpc_server = || grpc::server(tls.is_some());
-    let channel = |url: &str| -> anyhow::Result<GrpcChannel> {
-        Ok(grpc::channel(url, cli.rpc_timeout, cli.dns_refresh, tls.as_ref())?)
-    };
+    let mut clients = Clients { cli: &cli, tls: tls.as_ref(), here: HashMap::new() };
     let mut grpc_routes: Vec<(SocketAddr, grpc::MeshRouter)> = Vec::new();
     // Session members, read on every send: cached in transmit while their changes reach it.
     let members = match cli.runs(Target::Transmit) {
@@ -423,6 +426,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     if cli.runs(Target::File) {
         let dir = cli.files_dir.clone().unwrap_or_else(|| cli.data_dir.join("files"));
         let svc = chatmesh_file::service(&cli.file, db.clone().expect("db for file"), dir);
+        clients.serve_here(Service::File, svc.clone());
         grpc_routes.push((cli.file_listen, grpc_server().add_service(svc)));
     }
     if cli.runs(Target::User) {
@@ -431,43 +435,50 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             db: db.clone().expect("db for user"),
             kv: kv.clone().expect("kv for user"),
             sessions: sessions.clone().expect("sessions for user"),
-            files: channel(&cli.file_addr)?,
+            files: clients.to(Service::File, Service::User)?,
             sms,
             index: index.clone().expect("index for user"),
         };
-        grpc_routes.push((cli.user_listen, grpc_server().add_service(chatmesh_user::service(&cli.user, deps))));
+        let svc = chatmesh_user::service(&cli.user, deps);
+        clients.serve_here(Service::User, svc.clone());
+        grpc_routes.push((cli.user_listen, grpc_server().add_service(svc)));
     }
     if cli.runs(Target::Friend) {
         let deps = chatmesh_friend::FriendDeps {
             db: db.clone().expect("db for friend"),
             index: index.clone().expect("index for friend"),
-            users: channel(&cli.user_addr)?,
+            users: clients.to(Service::User, Service::Friend)?,
             notices: chatmesh_common::members::MembershipNotices::open(
                 &cli.redis_url,
                 &cli.redis_namespace,
                 members.clone(),
             )?,
         };
-        grpc_routes.push((cli.friend_listen, grpc_server().add_service(chatmesh_friend::service(deps))));
+        let svc = chatmesh_friend::service(deps);
+        clients.serve_here(Service::Friend, svc.clone());
+        grpc_routes.push((cli.friend_listen, grpc_server().add_service(svc)));
     }
     if cli.runs(Target::Transmit) {
         let deps = chatmesh_transmit::TransmitDeps {
             members: members.clone().expect("members for transmit"),
             queue: queue.clone().expect("queue for transmit"),
-            users: channel(&cli.user_addr)?,
-            files: channel(&cli.file_addr)?,
+            users: clients.to(Service::User, Service::Transmit)?,
+            files: clients.to(Service::File, Service::Transmit)?,
         };
         let svc = chatmesh_transmit::service(&cli.transmit, deps);
+        clients.serve_here(Service::Transmit, svc.clone());
         grpc_routes.push((cli.transmit_listen, grpc_server().add_service(svc)));
     }
     if cli.runs(Target::Message) {
         let deps = chatmesh_message::MessageDeps {
             db: db.clone().expect("db for message"),
             index: index.clone().expect("index for message"),
-            users: channel(&cli.user_addr)?,
-            files: channel(&cli.file_addr)?,
+            users: clients.to(Service::User, Service::Message)?,
+            files: clients.to(Service::File, Service::Message)?,
         };
-        grpc_routes.push((cli.message_listen, grpc_server().add_service(chatmesh_message::service(deps))));
+        let svc = chatmesh_message::service(deps);
+        clients.serve_here(Service::Message, svc.clone());
+        grpc_routes.push((cli.message_listen, grpc_server().add_service(svc)));
         let storage = Arc::new(chatmesh_message::Storage {
             db: db.clone().expect("db for message"),
             index: index.clone().expect("index for message"),
@@ -489,6 +500,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     }
     if let Some(recognizer) = backends.speech.clone() {
         let svc = chatmesh_speech::service(&cli.speech, recognizer);
+        clients.serve_here(Service::Speech, svc.clone());
         grpc_routes.push((cli.speech_listen, grpc_server().add_service(svc)));
     }
     for (addr, router) in grpc_routes {
@@ -503,18 +515,12 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     }
     if cli.runs(Target::Gateway) {
         let upstreams = chatmesh_gateway::Upstreams {
-            user: channel(&cli.user_addr)?,
-            file: channel(&cli.file_addr)?,
-            friend: channel(&cli.friend_addr)?,
-            transmit: channel(&cli.transmit_addr)?,
-            message: channel(&cli.message_addr)?,
-            // Recognition may take as long as the speech service allows, plus the transfer.
-            speech: grpc::channel(
-                &cli.speech_addr,
-                cli.rpc_timeout.max(cli.speech.speech_timeout + Duration::from_secs(5)),
-                cli.dns_refresh,
-                tls.as_ref(),
-            )?,
+            user: clients.to(Service::User, Service::Gateway)?,
+            file: clients.to(Service::File, Service::Gateway)?,
+            friend: clients.to(Service::Friend, Service::Gateway)?,
+            transmit: clients.to(Service::Transmit, Service::Gateway)?,
+            message: clients.to(Service::Message, Service::Gateway)?,
+            speech: clients.to(Service::Speech, Service::Gateway)?,
         };
         let conns = chatmesh_gateway::push::Connections::default();
         let bus = chatmesh_gateway::bus::PushBus::open(
@@ -577,6 +583,48 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             tasks.abort_all();
             Ok(())
         }
+    }
+}
+
+/// Clients of the services: a direct call into the ones this process runs, connections to
+/// the others.
+struct Clients<'a> {
+    cli: &'a Cli,
+    tls: Option<&'a MeshTls>,
+    here: HashMap<Service, grpc::LocalService>,
+}
+
+impl Clients<'_> {
+    /// `svc` runs in this process: later clients of it call it directly.
+    fn serve_here<S>(&mut self, service: Service, svc: S)
+    where
+        S: GrpcServer<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        self.here.insert(service, grpc::local(svc, self.tls.is_some()));
+    }
+
+    /// A client of `target` for `caller`.
+    fn to(&self, target: Service, caller: Service) -> anyhow::Result<GrpcChannel> {
+        let cli = self.cli;
+        let timeout = match target {
+            // Recognition may take as long as the speech service allows, plus the transfer.
+            Service::Speech => cli.rpc_timeout.max(cli.speech.speech_timeout + Duration::from_secs(5)),
+            _ => cli.rpc_timeout,
+        };
+        if let Some(svc) = self.here.get(&target) {
+            return Ok(grpc::local_channel(svc.clone(), caller, timeout));
+        }
+        let url = match target {
+            Service::User => &cli.user_addr,
+            Service::Friend => &cli.friend_addr,
+            Service::File => &cli.file_addr,
+            Service::Message => &cli.message_addr,
+            Service::Transmit => &cli.transmit_addr,
+            Service::Speech => &cli.speech_addr,
+            Service::Gateway => anyhow::bail!("the gateway serves no gRPC"),
+        };
+        Ok(grpc::channel(url, timeout, cli.dns_refresh, self.tls)?)
     }
 }
 
