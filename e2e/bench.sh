@@ -4,7 +4,7 @@
 #
 #   bash e2e/bench.sh standalone     # `--target all` on SQLite, in-process queue, embedded search
 #   bash e2e/bench.sh full           # `--target all` on MariaDB, Redis, RabbitMQ, Elasticsearch
-#                                    # (e2e/infra), internal mTLS on as in the cluster (TLS=off: plaintext)
+#                                    # (e2e/infra); one process, so its services call each other directly
 #   bash e2e/bench.sh scale          # full stack as separate processes: 2 gateways, 2 transmit,
 #                                    # 2 storage, 1 user+friend+file+speech; latency, burst and a
 #                                    # group fan-out (MEMBERS=500) with members over both gateways
@@ -12,7 +12,8 @@
 #                                    # inserts, Redis round trips, at the benchmark's rate
 #   bash e2e/bench.sh compare A B    # full-stack latency of binaries A and B in alternating rounds
 #                                    # (ROUNDS=3), with the ratios of their percentiles
-#   bash e2e/bench.sh tls            # standalone latency, internal mTLS off and on in alternating rounds (ROUNDS=2)
+#   bash e2e/bench.sh tls            # full-stack latency with the gateway in a second process, internal
+#                                    # mTLS off and on in alternating rounds (ROUNDS=2)
 #   bash e2e/bench.sh abuse          # hostile and heavy clients (standalone): memory and push size
 #   bash e2e/bench.sh idle           # memory per idle WebSocket alone (standalone; IDLE connections)
 # RATE, DURATION, BURST, IDLE, ROUNDS, MEMBERS, MESSAGES, FANOUT_RATE, TLS, BUILD tune them.
@@ -130,17 +131,21 @@ echo "== $mode: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: 
 # shellcheck disable=SC2046 # ports/addrs print flags meant to split
 case "$mode" in
 tls)
+  # The gateway in a process of its own: within one process services call each other directly,
+  # so only calls between processes cross mutual TLS. Sessions then need the shared Redis.
+  full_backends
   make_certs
   # Alternating rounds, so load from elsewhere on the machine falls on both alike.
   for on in $(for _ in $(seq "${ROUNDS:-2}"); do echo off on; done); do
     flags=()
     [[ $on == on ]] && flags=("${tls[@]}")
-    start 19099 --target all "${common[@]}" $(ports 19000) $(addrs 19000) "${flags[@]}"
-    echo "== internal mTLS $on: latency at $rate msg/s for $duration (load average $(loadavg))"
-    "${load[@]}" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics \
-      messages --rate "$rate" --duration "$duration"
+    start 19099 --target user,friend,file,message,transmit,speech "${common[@]}" "${backends[@]}" $(ports 19000) \
+      $(addrs 19000) "${flags[@]}"
+    start 19199 --target gateway "${common[@]}" "${backends[@]}" $(ports 19100) $(addrs 19000) "${flags[@]}"
+    echo "== internal mTLS $on between the gateway and the services: latency at $rate msg/s for $duration (load average $(loadavg))"
+    "${load[@]}" --http http://127.0.0.1:19100 --ws ws://127.0.0.1:19101 \
+      --metrics http://127.0.0.1:19099/metrics,http://127.0.0.1:19199/metrics messages --rate "$rate" --duration "$duration"
     stop_all
-    rm -rf "${dir:?}/files" "$dir/chatmesh.db"*
   done
   ;;
 idle)
@@ -162,7 +167,8 @@ standalone | full)
   # connections reuse, and the growth of RSS would say nothing.
   echo "== memory per idle WebSocket ($idle connections)"
   "${load[@]}" "${one[@]}" idle --connections "$idle" --gateway-pid "${pids[0]}"
-  echo "== latency at $rate msg/s for $duration (internal mTLS $( ((${#tls[@]})) && echo on || echo off); load average $(loadavg))"
+  # One process: its services call each other directly, so internal TLS is not on this path.
+  echo "== latency at $rate msg/s for $duration (load average $(loadavg))"
   "${load[@]}" "${one[@]}" messages --rate "$rate" --duration "$duration"
   echo "== storage throughput: a burst offered at $burst msg/s for 5s (load average $(loadavg))"
   "${load[@]}" "${one[@]}" messages --rate "$burst" --duration 5s --concurrency 512

@@ -222,7 +222,7 @@ impl Stack {
             shared.push(format!("--amqp-queue={name}"));
         }
         if backend == Backend::Real && !extra.iter().any(|f| f.starts_with("--tls-")) {
-            // The deployment people run: every internal call is mutual TLS.
+            // The deployment people run: every call between processes is mutual TLS.
             let ca = certs::TestCa::new("chatmesh test CA");
             shared.extend(ca.write(dir.path(), "mesh", &certs::ALL_SERVICES).flags());
         }
