@@ -35,13 +35,14 @@ enum Outcome {
     NoConnection,
 }
 
-/// A stack whose processes use certificates of `ca`, one file set per stack.
-async fn mesh_stack(backend: Backend, ca: &TestCa, dir: &std::path::Path) -> (Stack, TlsFiles) {
+/// A stack running `targets` whose processes use certificates of `ca`, one file set per stack;
+/// `None` when the real backends are not configured.
+async fn mesh_stack(backend: Backend, targets: &str, ca: &TestCa, dir: &std::path::Path) -> Option<(Stack, TlsFiles)> {
     let files = ca.write(dir, "mesh", &ALL_SERVICES);
     let flags = files.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let stack = Stack::start_with(backend, &flags).await.expect("stack");
-    (stack, files)
+    let stack = Stack::start_parts(backend, targets, &flags).await?;
+    Some((stack, files))
 }
 
 async fn connect(addr: &str, ca: &str, identity: Option<&(String, String)>, tls: bool) -> Option<Channel> {
@@ -131,7 +132,7 @@ fn refused_at_handshake(outcome: &Outcome) -> bool {
 async fn internal_ports_refuse_everyone_but_allowed_services() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("system CA");
-    let (stack, _files) = mesh_stack(Backend::Standalone, &ca, dir.path()).await;
+    let (stack, _files) = mesh_stack(Backend::Standalone, "all", &ca, dir.path()).await.expect("stack");
     // Ordinary use works (inside this one process, calls do not cross the internal ports).
     let (_, session) = stack.user("victim").await;
     let victim = stack.client.user_info(&session).await.unwrap();
@@ -204,14 +205,9 @@ async fn internal_ports_refuse_everyone_but_allowed_services() {
 async fn certificates_reload_without_failing_calls() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("system CA");
-    let files = ca.write(dir.path(), "mesh", &ALL_SERVICES);
-    let flags = files.flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // The gateway in a process of its own: within one process calls do not use connections.
-    let Some(stack) = Stack::start_parts(Backend::Real, "user,friend,file,message,transmit,speech", &flags).await
-    else {
-        return;
-    };
+    let services = "user,friend,file,message,transmit,speech";
+    let Some((stack, files)) = mesh_stack(Backend::Real, services, &ca, dir.path()).await else { return };
     let (gateway, client) = stack.spawn("gateway").await;
     let nickname = format!("reload{}", &chatmesh_common::new_id()[..8]);
     client.register(&nickname, "pass_word-1").await.unwrap();

@@ -39,7 +39,7 @@ where
     S: Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(TraceServerLayer.layer(AuthorizeLayer { enforce }.layer(service)))
+    BoxCloneSyncService::new(server_layers(enforce).layer(service))
 }
 
 /// How a client reaches a service: connections to every address of its name, or, when this
@@ -180,14 +180,19 @@ pub fn channel(
 /// the authorization table.
 pub type ServerLayers = Stack<AuthorizeLayer, Stack<TraceServerLayer, Identity>>;
 
+/// [`ServerLayers`], enforcing the authorization table when `enforce` (the mesh is on).
+fn server_layers(enforce: bool) -> ServerLayers {
+    Stack::new(AuthorizeLayer { enforce }, Stack::new(TraceServerLayer, Identity::new()))
+}
+
 /// A gRPC server whose every request is traced and passes the authorization table (when
 /// `enforce`: the mesh is on).
-pub fn server(enforce: bool) -> tonic::transport::Server<ServerLayers> {
-    tonic::transport::Server::builder().tcp_nodelay(true).layer(TraceServerLayer).layer(AuthorizeLayer { enforce })
+pub fn server(enforce: bool) -> tonic::transport::Server<Stack<ServerLayers, Identity>> {
+    tonic::transport::Server::builder().tcp_nodelay(true).layer(server_layers(enforce))
 }
 
 /// The routes of a [`server`].
-pub type MeshRouter = tonic::transport::server::Router<ServerLayers>;
+pub type MeshRouter = tonic::transport::server::Router<Stack<ServerLayers, Identity>>;
 
 /// Serves `router` on `listener` until `shutdown` resolves: plaintext, or with `tls` mutual TLS
 /// where only clients with a certificate of the mesh's CA get in (and the router's
