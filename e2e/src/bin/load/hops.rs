@@ -132,20 +132,41 @@ impl Histogram {
     }
 }
 
-/// The merged hop histograms of every process at `urls` (processes that do not answer count as
-/// empty: a breakdown with a hole beats no figures).
+/// The merged hop histograms of every process at `urls`.
 pub async fn scrape(urls: &[String]) -> Snapshot {
     let mut all = Snapshot::default();
+    for text in expositions(urls).await {
+        all.merge(Snapshot::parse(&text));
+    }
+    all
+}
+
+/// Counter `name` summed over the processes at `urls` (its series, if labelled, summed too).
+pub async fn counter(urls: &[String], name: &str) -> f64 {
+    expositions(urls).await.iter().map(|text| sum_of(text, name)).sum()
+}
+
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Each answering process's `/metrics` text. Processes that do not answer count as empty: a
+/// breakdown with a hole beats no figures.
+async fn expositions(urls: &[String]) -> Vec<String> {
+    let mut texts = Vec::with_capacity(urls.len());
     for url in urls {
         match reqwest::get(url).await {
             Ok(rsp) => match rsp.text().await {
-                Ok(text) => all.merge(Snapshot::parse(&text)),
+                Ok(text) => texts.push(text),
                 Err(e) => eprintln!("scraping {url}: {e}"),
             },
             Err(e) => eprintln!("scraping {url}: {e}"),
         }
     }
-    all
+    texts
 }
 
 #[cfg(test)]
@@ -174,5 +195,17 @@ chatmesh_other_seconds_count{hop="x"} 7
         assert!(!diff.table().contains("transmit_membership"), "empty hops are left out");
         assert!(after.table().contains("| transmit_membership | 100 | 1.500 |"), "{}", after.table());
         assert!(!after.0.contains_key("x"));
+    }
+
+    #[test]
+    fn counters_sum_their_series_and_ignore_longer_names() {
+        let text = "# TYPE chatmesh_messages_stored_total counter\n\
+                    chatmesh_messages_stored_total 120\n\
+                    chatmesh_messages_stored_total_extra 5\n\
+                    chatmesh_hits_total{what=\"a\"} 2\n\
+                    chatmesh_hits_total{what=\"b\"} 3\n";
+        assert_eq!(sum_of(text, "chatmesh_messages_stored_total"), 120.0);
+        assert_eq!(sum_of(text, "chatmesh_hits_total"), 5.0);
+        assert_eq!(sum_of(text, "chatmesh_missing_total"), 0.0);
     }
 }
