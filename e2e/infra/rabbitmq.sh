@@ -17,6 +17,10 @@ BIN=/usr/lib/rabbitmq/bin
 # not resolve. Everything (epmd, Erlang distribution, AMQP) binds loopback
 # only. The Erlang cookie is $HOME/.erlang.cookie, made on first start and
 # shared by rabbitmqctl since it runs as the same user.
+# Classic queues with the version-2 index, as in the RabbitMQ 4.x the operator deploys (where
+# it is the only one); 3.10 from Debian defaults to version 1, whose confirms stall for far
+# longer under load (`bench.sh ceiling`).
+export RABBITMQ_CONFIG_FILE="$DIR/rabbitmq.conf"
 export RABBITMQ_NODENAME=rabbit@localhost \
   RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
   RABBITMQ_NODE_PORT="$PORT" \
@@ -29,6 +33,7 @@ if [[ ! -x "$BIN/rabbitmq-server" ]]; then
   apt_install rabbitmq-server
 fi
 mkdir -p "$DIR"
+echo "classic_queue.default_version = 2" >"$DIR/rabbitmq.conf"
 
 if port_open 127.0.0.1 "$PORT"; then
   log "already up on 127.0.0.1:$PORT"
