@@ -454,9 +454,15 @@ async fn messages(
         sends.spawn(async move {
             let (client, a, chat, _) = &chats[i % chats.len()];
             let sent = Instant::now();
-            let ok = client.send(a, chat, text_message(&format!("t:{}", now_micros()))).await.is_ok();
+            let sent_ok = client.send(a, chat, text_message(&format!("t:{}", now_micros()))).await;
             drop(permit);
-            ok.then(|| sent.elapsed().as_secs_f64() * 1000.0)
+            // A failed send is not acknowledged; the first few say why.
+            if let Err(e) = &sent_ok
+                && FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5
+            {
+                eprintln!("send {i} failed after {:?}: {e}", sent.elapsed());
+            }
+            sent_ok.is_ok().then(|| sent.elapsed().as_secs_f64() * 1000.0)
         });
     }
     let mut acks = Vec::new();
@@ -528,6 +534,9 @@ async fn messages(
     println!("CPU from the first send until all was stored:");
     print!("{}", cpu_after.table_since(&cpu_before, total));
 }
+
+/// Failed sends so far, of every run of this process.
+static FAILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The storage services' counter of committed messages.
 const STORED: &str = "chatmesh_messages_stored_total";
