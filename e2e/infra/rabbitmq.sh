@@ -17,10 +17,6 @@ BIN=/usr/lib/rabbitmq/bin
 # not resolve. Everything (epmd, Erlang distribution, AMQP) binds loopback
 # only. The Erlang cookie is $HOME/.erlang.cookie, made on first start and
 # shared by rabbitmqctl since it runs as the same user.
-# Classic queues with the version-2 index, as in the RabbitMQ 4.x the operator deploys (where
-# it is the only one); 3.10 from Debian defaults to version 1, whose confirms stall for far
-# longer under load (`bench.sh ceiling`).
-export RABBITMQ_CONFIG_FILE="$DIR/rabbitmq.conf"
 export RABBITMQ_NODENAME=rabbit@localhost \
   RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
   RABBITMQ_NODE_PORT="$PORT" \
@@ -28,6 +24,10 @@ export RABBITMQ_NODENAME=rabbit@localhost \
   RABBITMQ_LOG_BASE="$DIR/log" \
   RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
   ERL_EPMD_ADDRESS=127.0.0.1
+# Classic queues with the version-2 index, as in the RabbitMQ 4.x the operator deploys (where
+# it is the only one); 3.10 from Debian defaults to version 1, whose confirms stall for far
+# longer under load (`bench.sh ceiling`).
+export RABBITMQ_CONFIG_FILE="$DIR/rabbitmq.conf"
 
 if [[ ! -x "$BIN/rabbitmq-server" ]]; then
   apt_install rabbitmq-server

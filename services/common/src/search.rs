@@ -168,10 +168,14 @@ impl ElasticSearch {
         let exists = self.client.indices().exists(IndicesExistsParts::Index(&[name])).send().await.map_err(es)?;
         if exists.status_code().is_success() {
             // An index an earlier release made gets today's settings (they are dynamic ones).
+            // They tune write load only: a cluster that refuses them (a role without `manage`
+            // on the index) still serves search, so that is a warning, not a failed start.
             if let Some(settings) = mapping.get("settings") {
                 let (indices, names) = (self.client.indices(), [name]);
                 let put = indices.put_settings(IndicesPutSettingsParts::Index(&names)).body(settings.clone());
-                checked(put.send().await.map_err(es)?).await?;
+                if let Err(e) = async { checked(put.send().await.map_err(es)?).await }.await {
+                    tracing::warn!(index = name, error = %e, "could not update the index settings");
+                }
             }
             return Ok(());
         }
