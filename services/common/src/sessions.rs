@@ -87,7 +87,7 @@ impl LoginSessions {
     pub async fn create(&self, user_id: &str) -> Result<String, BackendError> {
         let mut bytes = [0u8; 24];
         rand::rng().fill_bytes(&mut bytes);
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = hex::encode(bytes);
         let value = format!("{user_id}|{}", crate::unix_now());
         self.store.set(&key(&token), &value, self.ttl.min(self.max_age)).await?;
         Ok(token)
@@ -138,8 +138,7 @@ impl LoginSessions {
 
 /// Tokens are stored hashed: whoever reads the store cannot use what it finds.
 fn key(token: &str) -> String {
-    let digest: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    format!("session:{digest}")
+    format!("session:{}", hex::encode(Sha256::digest(token.as_bytes())))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub struct LimitArgs {
 
 /// A bounded, fixed-size key for anything a client sends.
 pub fn hashed(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 #[derive(Clone)]
