@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Smaller first buffers than tonic's default (see src/codec.rs).
+        .codec_path("crate::codec::ProtoCodec")
         // Type names let the gateway find each message's descriptor for JSON.
         .compile_fds_with_config(fds, {
             let mut config = prost_build::Config::new();

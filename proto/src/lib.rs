@@ -18,5 +18,6 @@ pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
     })
 }
 
+pub mod codec;
 pub mod envelope;
 pub use envelope::{Envelope, Reply};

@@ -137,10 +137,10 @@ impl Hop {
     pub fn record(self, started: std::time::Instant) {
         // Registered once: a message records seven hops, and looking each up in the registry
         // by name and label cost more than recording it (`perf`, standalone burst).
-        static HANDLES: OnceLock<Vec<metrics::Histogram>> = OnceLock::new();
+        static HANDLES: OnceLock<[metrics::Histogram; Hop::ALL.len()]> = OnceLock::new();
         let handles = HANDLES.get_or_init(|| {
             metrics(); // the handles must belong to the process's recorder, installed first
-            Hop::ALL.iter().map(|hop| metrics::histogram!(HOP_METRIC, "hop" => hop.as_str())).collect()
+            Hop::ALL.map(|hop| metrics::histogram!(HOP_METRIC, "hop" => hop.as_str()))
         });
         handles[self as usize].record(started.elapsed().as_secs_f64());
     }
