@@ -410,7 +410,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
     spawn_http(&mut tasks, grpc::bind(cli.admin_listen).await?, admin);
 
     let grpc_server = || grpc::server(tls.is_some());
-    let mut clients = Clients { cli: &cli, tls: tls.as_ref(), here: HashMap::new() };
+    let mut clients = Clients { cli: &cli, tls: tls.as_ref(), here: HashMap::new(), transmit_here: None };
     let mut grpc_routes: Vec<(SocketAddr, grpc::MeshRouter)> = Vec::new();
     // Session members, read on every send: cached in transmit while their changes reach it.
     let members = match cli.runs(Target::Transmit) {
@@ -465,8 +465,10 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             users: clients.to(Service::User, Service::Transmit)?,
             files: clients.to(Service::File, Service::Transmit)?,
         };
-        let svc = chatmesh_transmit::service(&cli.transmit, deps);
+        let transmit = chatmesh_transmit::service(&cli.transmit, deps);
+        let svc = chatmesh_transmit::server(transmit.clone());
         clients.serve_here(Service::Transmit, svc.clone());
+        clients.transmit_here = Some(transmit);
         grpc_routes.push((cli.transmit_listen, grpc_server().add_service(svc)));
     }
     if cli.runs(Target::Message) {
@@ -518,7 +520,7 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             user: clients.to(Service::User, Service::Gateway)?,
             file: clients.to(Service::File, Service::Gateway)?,
             friend: clients.to(Service::Friend, Service::Gateway)?,
-            transmit: clients.to(Service::Transmit, Service::Gateway)?,
+            transmit: clients.transmit_for_gateway()?,
             message: clients.to(Service::Message, Service::Gateway)?,
             speech: clients.to(Service::Speech, Service::Gateway)?,
         };
@@ -592,6 +594,8 @@ struct Clients<'a> {
     cli: &'a Cli,
     tls: Option<&'a MeshTls>,
     here: HashMap<Service, grpc::LocalService>,
+    /// Transmit, when this process runs it: the gateway calls it through its Rust interface.
+    transmit_here: Option<Arc<chatmesh_transmit::service::Transmit>>,
 }
 
 impl Clients<'_> {
@@ -602,6 +606,19 @@ impl Clients<'_> {
         S::Future: Send + 'static,
     {
         self.here.insert(service, grpc::local(svc, self.tls.is_some()));
+    }
+
+    /// The gateway's client of transmit: direct when this process runs it ([`grpc::Direct`]).
+    fn transmit_for_gateway(&self) -> anyhow::Result<chatmesh_gateway::TransmitClient> {
+        Ok(match &self.transmit_here {
+            Some(transmit) => chatmesh_gateway::TransmitClient::Direct(grpc::Direct::new(
+                transmit.clone(),
+                Service::Gateway,
+                self.tls.is_some(),
+                self.cli.rpc_timeout,
+            )),
+            None => chatmesh_gateway::TransmitClient::grpc(self.to(Service::Transmit, Service::Gateway)?),
+        })
     }
 
     /// A client of `target` for `caller`.

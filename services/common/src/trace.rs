@@ -149,7 +149,7 @@ fn status_of(headers: &http::HeaderMap) -> &'static str {
     code_name(code)
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

@@ -14,14 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use chatmesh_common::grpc::GrpcChannel;
+use chatmesh_common::grpc::{Direct, GrpcChannel};
 use chatmesh_common::{ExpiringStore, LoginSessions};
 use chatmesh_proto::file_service_client::FileServiceClient;
 use chatmesh_proto::friend_service_client::FriendServiceClient;
 use chatmesh_proto::msg_storage_service_client::MsgStorageServiceClient;
 use chatmesh_proto::msg_transmit_service_client::MsgTransmitServiceClient;
+use chatmesh_proto::msg_transmit_service_server::MsgTransmitService;
 use chatmesh_proto::speech_service_client::SpeechServiceClient;
 use chatmesh_proto::user_service_client::UserServiceClient;
+use chatmesh_proto::{GetTransmitTargetRsp, NewMessageReq};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
@@ -94,9 +96,35 @@ pub struct Upstreams {
     pub user: GrpcChannel,
     pub file: GrpcChannel,
     pub friend: GrpcChannel,
-    pub transmit: GrpcChannel,
+    pub transmit: TransmitClient,
     pub message: GrpcChannel,
     pub speech: GrpcChannel,
+}
+
+/// The transmit service, which every message goes through: over gRPC, or, when this process
+/// runs it, through its Rust interface ([`Direct`]).
+pub enum TransmitClient {
+    Grpc(MsgTransmitServiceClient<GrpcChannel>),
+    Direct(Direct<dyn MsgTransmitService>),
+}
+
+impl TransmitClient {
+    pub fn grpc(channel: GrpcChannel) -> Self {
+        Self::Grpc(chatmesh_common::sized!(MsgTransmitServiceClient::new(channel)))
+    }
+
+    pub async fn get_transmit_target(
+        &self,
+        req: NewMessageReq,
+    ) -> Result<tonic::Response<GetTransmitTargetRsp>, tonic::Status> {
+        match self {
+            Self::Grpc(client) => client.clone().get_transmit_target(req).await,
+            Self::Direct(direct) => {
+                let rpc = "/bite_im.MsgTransmitService/GetTransmitTarget";
+                direct.call(rpc, req, |transmit, req| transmit.get_transmit_target(req)).await
+            }
+        }
+    }
 }
 
 /// Shared by every handler; a clone (one per request, as axum's state) is one pointer.
@@ -118,7 +146,7 @@ pub struct Shared {
     pub user: UserServiceClient<GrpcChannel>,
     pub file: FileServiceClient<GrpcChannel>,
     pub friend: FriendServiceClient<GrpcChannel>,
-    pub transmit: MsgTransmitServiceClient<GrpcChannel>,
+    pub transmit: TransmitClient,
     pub message: MsgStorageServiceClient<GrpcChannel>,
     pub speech: SpeechServiceClient<GrpcChannel>,
     /// This instance's WebSocket connections.
@@ -144,7 +172,7 @@ impl Gateway {
             user: chatmesh_common::sized!(UserServiceClient::new(up.user)),
             file: chatmesh_common::sized!(FileServiceClient::new(up.file)),
             friend: chatmesh_common::sized!(FriendServiceClient::new(up.friend)),
-            transmit: chatmesh_common::sized!(MsgTransmitServiceClient::new(up.transmit)),
+            transmit: up.transmit,
             message: chatmesh_common::sized!(MsgStorageServiceClient::new(up.message)),
             speech: chatmesh_common::sized!(SpeechServiceClient::new(up.speech)),
             push,

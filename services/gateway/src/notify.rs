@@ -121,7 +121,7 @@ pub fn group_created(gw: Gateway, req: ChatSessionCreateReq, rsp: ChatSessionCre
 pub async fn new_message(gw: Gateway, req: NewMessageReq) -> Result<tonic::Response<NewMessageRsp>, tonic::Status> {
     let sending_session = req.session_id.clone();
     let started = std::time::Instant::now();
-    let rsp = gw.transmit.clone().get_transmit_target(req).await?.into_inner();
+    let rsp = gw.transmit.get_transmit_target(req).await?.into_inner();
     Hop::TransmitCall.record(started);
     if rsp.success {
         let remarks = NotifyRemarks::NewMessageInfo(NotifyNewMessage { message_info: rsp.message });

@@ -32,14 +32,19 @@ pub struct TransmitDeps {
     pub files: GrpcChannel,
 }
 
-pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> MsgTransmitServiceServer<service::Transmit> {
-    let transmit = service::Transmit {
+/// The service, to be served with [`server`] and, in the same process, called directly.
+pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> Arc<service::Transmit> {
+    Arc::new(service::Transmit {
         members: deps.members,
         profiles: Default::default(),
         queue: deps.queue,
         users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
         files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),
         max_text_bytes: args.max_text_bytes,
-    };
-    chatmesh_common::sized!(MsgTransmitServiceServer::new(transmit))
+    })
+}
+
+/// `transmit` as a gRPC server.
+pub fn server(transmit: Arc<service::Transmit>) -> MsgTransmitServiceServer<service::Transmit> {
+    chatmesh_common::sized!(MsgTransmitServiceServer::from_arc(transmit))
 }

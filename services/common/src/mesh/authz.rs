@@ -143,8 +143,13 @@ where
 }
 
 fn check<B>(request: &http::Request<B>) -> Result<(), tonic::Status> {
-    let path = request.uri().path();
-    let Some(peer) = request.extensions().get::<Peer>() else {
+    authorize(request.uri().path(), request.extensions().get::<Peer>())
+}
+
+/// [`TABLE`]'s answer for a call of the RPC at `path` by `peer` (none: no client certificate),
+/// counted and logged when refused.
+pub fn authorize(path: &str, peer: Option<&Peer>) -> Result<(), tonic::Status> {
+    let Some(peer) = peer else {
         tracing::warn!(%path, "internal call refused: no client certificate");
         metrics::counter!("chatmesh_mesh_refused_total", "kind" => "unauthenticated", "what" => path.to_string(), "caller" => "")
             .increment(1);
