@@ -56,6 +56,14 @@ impl Database {
                     sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
                     sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    // Every message is queued, read, stored and deleted: the same pages change
+                    // again and again. A checkpoint (copying the WAL into the database, with an
+                    // fsync) every 1,000 pages (the default) took 2.6% of the standalone burst's
+                    // CPU; every 8,000 pages (32 MiB) copies each page once for many changes.
+                    sqlx::query("PRAGMA wal_autocheckpoint = 8000").execute(&mut *conn).await?;
+                    // Reads from the page cache of the kernel without a system call each: a
+                    // write by another connection empties every other connection's own cache.
+                    sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
                     Ok(())
                 })
             });
