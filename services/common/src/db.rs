@@ -235,8 +235,8 @@ mod tests {
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 
-    /// What is committed reaches the database file without any commit checkpointing it (the
-    /// rows here are far below SQLite's own threshold), and the log stops growing meanwhile.
+    /// What is committed reaches the database file without any commit checkpointing it: the
+    /// rows here are far below SQLite's own threshold.
     #[tokio::test]
     async fn sqlite_log_is_checkpointed_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
