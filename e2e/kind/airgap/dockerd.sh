@@ -39,6 +39,13 @@ if running && ((changed)); then
   kill "$pid"
   wait_until 60 bash -c "! kill -0 $pid" || die "dockerd ($pid) did not stop"
 fi
+# A dockerd that died without cleaning up (the machine was stopped, say) leaves its pid file,
+# and a new one then refuses to start.
+if ! running && [[ -f /var/run/docker.pid ]] &&
+  [[ "$(cat "/proc/$(cat /var/run/docker.pid)/comm" 2>/dev/null)" != dockerd ]]; then
+  log "removing /var/run/docker.pid: no dockerd runs under its pid"
+  rm -f /var/run/docker.pid
+fi
 if ! running; then
   log "starting dockerd (log: $CACHE/dockerd.log)"
   start_bg "$CACHE/dockerd.log" dockerd
