@@ -42,6 +42,11 @@ impl Client {
         }
     }
 
+    /// A client of the same gateway with connections of its own (clones share theirs).
+    pub fn fresh(&self) -> Self {
+        Self::new(&self.base, &self.ws_base)
+    }
+
     /// Posts raw bytes with a content type; the status and body as they came.
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), ClientError> {
         let rsp = self

@@ -525,14 +525,15 @@ async fn processes_started_at_once_on_an_empty_database_all_come_up() {
 
 // ---- Standalone: kill -9 of the one process -----------------------------------------------------
 
-fn standalone(bin: &PathBuf, data: &std::path::Path) -> (Proc, Client) {
+fn standalone(bin: &PathBuf, data: &std::path::Path, extra: &[&str]) -> (Proc, Client) {
     let (http, ws) = (free_port(), free_port());
-    let mut args = vec![
+    let mut args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+    args.extend([
         "--target=all".to_string(),
         format!("--data-dir={}", data.display()),
         format!("--http-listen=127.0.0.1:{http}"),
         format!("--ws-listen=127.0.0.1:{ws}"),
-    ];
+    ]);
     for service in ["user", "file", "friend", "transmit", "message", "speech"] {
         let port = free_port();
         args.push(format!("--{service}-listen=127.0.0.1:{port}"));
@@ -547,7 +548,7 @@ async fn standalone_killed_mid_stream_loses_nothing_acknowledged() {
     let Some(bin) = binary() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (mut first, client) = standalone(&bin, &data);
+    let (mut first, client) = standalone(&bin, &data, &[]);
     first.wait_ready(true, Duration::from_secs(60)).await;
     let ch = chat(&client).await;
     let since = chatmesh_common::unix_now() - 1;
@@ -574,7 +575,7 @@ async fn standalone_killed_mid_stream_loses_nothing_acknowledged() {
     let acked = sender.await.unwrap();
     assert!(acked.len() >= 20, "too few sends succeeded to test anything: {}", acked.len());
 
-    let (mut second, client) = standalone(&bin, &data);
+    let (mut second, client) = standalone(&bin, &data, &[]);
     second.wait_ready(true, Duration::from_secs(60)).await;
     let restarted = Instant::now();
     // Sessions lived in the dead process's memory: log in again.
@@ -592,6 +593,34 @@ async fn standalone_killed_mid_stream_loses_nothing_acknowledged() {
     let unique: HashSet<&String> = texts.iter().collect();
     assert_eq!(unique.len(), texts.len(), "a message is stored twice");
     second.terminate().await;
+}
+
+/// SIGTERM with `--shutdown-delay` (the operator sets one: callers move to another pod at their
+/// next DNS refresh): for the delay the process serves as before, new connections included,
+/// while `/readyz` says it is stopping; then it drains and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_serves_on_for_the_shutdown_delay() {
+    const DELAY: Duration = Duration::from_secs(4);
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let delay = format!("--shutdown-delay={}s", DELAY.as_secs());
+    let (mut proc, client) = standalone(&bin, &dir.path().join("data"), &[&delay]);
+    proc.wait_ready(true, Duration::from_secs(60)).await;
+    let ch = chat(&client).await;
+    let signalled = Instant::now();
+    proc.signal(15);
+    proc.wait_ready(false, Duration::from_secs(2)).await;
+    // A send on the open connection, and a login on a new one (a client of its own).
+    client.send_text(&ch.a, &ch.chat, "after the signal").await.expect("a send during the delay");
+    let fresh = client.fresh();
+    fresh.login(&ch.b_nick, PASSWORD).await.expect("a login on a new connection during the delay");
+    let checked = signalled.elapsed();
+    assert!(checked < DELAY, "the checks took {checked:?}, past the delay: they proved nothing");
+    let (_, readyz) = proc.get("/readyz").await.expect("the admin port answers during the delay");
+    assert!(readyz.contains("stopping"), "{readyz}");
+    let waited = tokio::time::timeout(DELAY + GRACE + Duration::from_secs(5), proc.child.wait()).await;
+    assert!(waited.is_ok(), "still running past the delay and the grace\n{}", proc.tail());
+    assert!(signalled.elapsed() >= DELAY, "exited {:?} after SIGTERM, before the delay ended", signalled.elapsed());
 }
 
 // ---- Rebuilding the search index ----------------------------------------------------------------

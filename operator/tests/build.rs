@@ -163,6 +163,11 @@ fn defaults_make_a_whole_system() {
         let pod = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
         assert_eq!(pod.enable_service_links, Some(false));
+        // A stopping pod serves on until its callers' DNS moved them, then drains, before the
+        // kubelet's SIGKILL. The file service is replaced (below): nobody to move to.
+        let delay = env(c, "CHATMESH_SHUTDOWN_DELAY").unwrap().value.clone().unwrap();
+        assert_eq!(delay, if component == Component::File { "0s" } else { "12s" }, "{}", component.name());
+        assert!(pod.termination_grace_period_seconds.unwrap() >= 12 + 20, "{}", component.name());
         let svc = named(&d.services, &format!("demo-{}", component.name()));
         assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
     }

@@ -10,7 +10,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, LocalObjectReference,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
@@ -28,6 +28,13 @@ use crate::crd::AccessMode;
 
 /// An unprivileged user id with no meaning in the image (the binary needs no home or files).
 const UID: i64 = 65532;
+
+/// How long a stopping pod serves on (`--shutdown-delay`). Its callers find its replacement at
+/// their next DNS refresh (every 5 s) of an answer CoreDNS may have cached for its TTL (5 s);
+/// 2 s more for the endpoint change to reach CoreDNS.
+const SHUTDOWN_DELAY_SECONDS: i64 = 12;
+/// The delay, the services' drain (`--shutdown-grace`, 20 s) and a margin, before a SIGKILL.
+const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + 20 + 8;
 
 fn files_claim_name(ctx: &Ctx) -> String {
     ctx.spec.files.existing_claim.clone().unwrap_or_else(|| ctx.child("files"))
@@ -152,6 +159,21 @@ fn pull_secrets(ctx: &Ctx) -> Option<Vec<LocalObjectReference>> {
 pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_hash: &str) -> Deployment {
     let spec = component.spec(ctx.spec);
     let name = component.name();
+    // A ReadWriteOnce volume attaches to one node: a rolling update's new pod could wait
+    // forever for the old one's volume, so the file service is replaced instead.
+    let recreate = component == Component::File
+        && ctx.spec.files.existing_claim.is_none()
+        && ctx.spec.files.access_mode == AccessMode::ReadWriteOnce;
+    let mut env = config::env(ctx, name, Some(component));
+    // Replaced, not rolled: there is no other pod to move callers to, so no reason to wait.
+    let delay = if recreate { 0 } else { SHUTDOWN_DELAY_SECONDS };
+    if !env.iter().any(|e| e.name == "CHATMESH_SHUTDOWN_DELAY") {
+        env.push(EnvVar {
+            name: "CHATMESH_SHUTDOWN_DELAY".into(),
+            value: Some(format!("{delay}s")),
+            ..EnvVar::default()
+        });
+    }
     let (tmp, tmp_mount) = tmp_volume();
     let mut volumes = vec![tmp];
     let mut mounts = vec![tmp_mount];
@@ -174,7 +196,7 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
         name: "chatmesh".into(),
         image: Some(image.into()),
         image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
-        env: Some(config::env(ctx, name, Some(component))),
+        env: Some(env),
         env_from: Some(config::env_from(ctx)),
         ports: Some(
             ports(component)
@@ -204,11 +226,6 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
     pod_labels.extend(ctx.labels(name));
     let mut pod_annotations = spec.pod_annotations.clone();
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
-    // A ReadWriteOnce volume attaches to one node: a rolling update's new pod could wait
-    // forever for the old one's volume, so the file service is replaced instead.
-    let recreate = component == Component::File
-        && ctx.spec.files.existing_claim.is_none()
-        && ctx.spec.files.access_mode == AccessMode::ReadWriteOnce;
     Deployment {
         metadata: ctx.meta(ctx.child(name), name),
         spec: Some(DeploymentSpec {
@@ -233,6 +250,7 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
                         spec.topology_spread_constraints.clone().unwrap_or_else(|| default_spread(ctx, name)),
                     ),
                     security_context: Some(restricted_pod()),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     // Services talk to the API server never, so they get no token.
                     automount_service_account_token: Some(false),
                     // Service links would inject variables such as CHATMESH_USER_PORT for a

@@ -91,6 +91,12 @@ pub struct Cli {
     /// exiting anyway (whatever a broken connection is doing).
     #[arg(long, env = "CHATMESH_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, first serve on as usual for this long (with `/readyz` answering 503), then
+    /// stop. Clients that resolve the services by DNS learn of the pod's replacement only at
+    /// their next refresh: set it above `--dns-refresh` plus the DNS server's TTL where a
+    /// rolling update replaces pods (the operator does).
+    #[arg(long, env = "CHATMESH_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
     /// Login sessions end after this long without use.
     #[arg(long, env = "CHATMESH_SESSION_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
@@ -268,6 +274,8 @@ struct Backends {
     /// Every port of the process listens. The admin port opens first, so without this a pod
     /// was Ready (and a test sent) while its gateway was still opening the push bus.
     serving: std::sync::atomic::AtomicBool,
+    /// A shutdown signal came: still serving, but no longer ready.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Backends {
@@ -328,8 +336,8 @@ impl Backends {
         };
         let db_link = health.link("database", db.is_some());
         let speech_alone = cli.target == [Speech];
-        let serving = false.into();
-        Ok(Self { health, db_link, kv_link, db, kv, index, queue, speech, speech_alone, serving })
+        let (serving, stopping) = (false.into(), false.into());
+        Ok(Self { health, db_link, kv_link, db, kv, index, queue, speech, speech_alone, serving, stopping })
     }
 
     /// Probes the database and the session store now and then, with deadlines, so their links
@@ -361,6 +369,9 @@ impl Backends {
         if !self.serving.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("starting: not every port listens yet".into());
         }
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("stopping: serving on until the shutdown delay ends".into());
+        }
         self.health.check()?;
         if let Some(speech) = self.speech.as_ref().filter(|_| self.speech_alone) {
             tokio::time::timeout(Duration::from_secs(2), speech.ready()).await.map_err(|_| "speech: no answer")??;
@@ -369,11 +380,13 @@ impl Backends {
     }
 }
 
-/// Runs the configured targets until `shutdown` turns true (or one of them fails).
-pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs the configured targets until `signal` turns true and `--shutdown-delay` has passed (or
+/// one of them fails).
+pub async fn run(cli: Cli, signal: watch::Receiver<bool>) -> anyhow::Result<()> {
     let tls = cli.mesh_tls()?;
     cli.warn_exposed(tls.is_some());
     let backends = Arc::new(Backends::open(&cli).await?);
+    let shutdown = delayed(signal, cli.shutdown_delay, backends.clone());
     if cli.target == [Target::Migrate] {
         tracing::info!("database schema is up to date");
         return Ok(());
@@ -586,6 +599,23 @@ pub async fn run(cli: Cli, shutdown: watch::Receiver<bool>) -> anyhow::Result<()
             Ok(())
         }
     }
+}
+
+/// Turns true `delay` after `signal` did. Meanwhile everything serves as before, but readiness
+/// says "stopping": Kubernetes has already taken the pod out of its Services, and the delay
+/// lets every client's next DNS refresh move it to another pod before this one goes.
+fn delayed(mut signal: watch::Receiver<bool>, delay: Duration, backends: Arc<Backends>) -> watch::Receiver<bool> {
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        chatmesh_common::stopped(&mut signal).await;
+        backends.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "serving on while clients move to other pods");
+            tokio::time::sleep(delay).await;
+        }
+        let _ = stop.send(true);
+    });
+    shutdown
 }
 
 /// Clients of the services: a direct call into the ones this process runs, connections to

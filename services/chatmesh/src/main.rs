@@ -11,15 +11,15 @@ async fn main() {
         }
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let grace = cli.shutdown_grace;
+    let (grace, delay) = (cli.shutdown_grace, cli.shutdown_delay);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!(?grace, "shutting down");
+        tracing::info!(?delay, ?grace, "shutting down");
         let _ = stop.send(true);
         // The last word, on a thread of its own: even if the runtime were wedged on a broken
-        // connection, the process ends shortly after the grace time.
+        // connection, the process ends shortly after the delay and the grace time.
         std::thread::spawn(move || {
-            std::thread::sleep(grace + std::time::Duration::from_secs(2));
+            std::thread::sleep(delay + grace + std::time::Duration::from_secs(2));
             eprintln!("chatmesh: still running {grace:?} after the shutdown signal; exiting");
             std::process::exit(1);
         });
