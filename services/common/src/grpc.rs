@@ -16,7 +16,7 @@ use crate::BackendError;
 use crate::mesh::authz::{AuthorizeLayer, authorize};
 use crate::mesh::tls::MeshTls;
 use crate::mesh::{Peer, Service};
-use crate::trace::{TraceClient, TraceServerLayer};
+use crate::trace::{self, Side, TraceClient, TraceServerLayer};
 use tower::Layer;
 use tower::layer::util::{Identity, Stack};
 use tower::util::BoxCloneSyncService;
@@ -119,16 +119,10 @@ impl<S: ?Sized + Send + Sync> Direct<S> {
         method: impl FnOnce(&'a S, tonic::Request<Req>) -> DirectFuture<'a, Rsp>,
     ) -> Result<tonic::Response<Rsp>, tonic::Status> {
         let started = Instant::now();
-        let client = tracing::info_span!("grpc.client", otel.name = path, otel.kind = "client", rpc.method = path);
+        let client = trace::client_span(path);
         let served = async {
-            let server = tracing::info_span!(
-                "grpc.server",
-                otel.name = path,
-                otel.kind = "server",
-                rpc.method = path,
-                trace_id = tracing::field::Empty,
-            );
-            crate::trace::record_trace_id(&server);
+            let server = trace::server_span(path);
+            trace::record_trace_id(&server);
             let result = async {
                 if self.enforce {
                     authorize(path, Some(&self.peer))?;
@@ -139,24 +133,20 @@ impl<S: ?Sized + Send + Sync> Direct<S> {
             }
             .instrument(server)
             .await;
-            timed("chatmesh_rpc_server_duration_seconds", path, code(&result), started);
+            trace::timed(Side::Server, path, code(&result), started);
             result
         };
         let result = match tokio::time::timeout(self.timeout, served.instrument(client)).await {
             Ok(result) => result,
             Err(_) => Err(tonic::Status::deadline_exceeded(format!("{path}: no answer within {:?}", self.timeout))),
         };
-        timed("chatmesh_rpc_client_duration_seconds", path, code(&result), started);
+        trace::timed(Side::Client, path, code(&result), started);
         result
     }
 }
 
 fn code<T>(result: &Result<T, tonic::Status>) -> &'static str {
-    crate::trace::code_name(result.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok))
-}
-
-fn timed(histogram: &'static str, rpc: &'static str, code: &'static str, started: Instant) {
-    metrics::histogram!(histogram, "rpc" => rpc, "code" => code).record(started.elapsed().as_secs_f64());
+    trace::code_name(result.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok))
 }
 
 /// Largest gRPC message accepted or sent: files travel inside messages.

@@ -203,7 +203,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let rpc = request.uri().path().to_string();
-        let span = tracing::info_span!("grpc.client", otel.name = %rpc, otel.kind = "client", rpc.method = %rpc);
+        let span = client_span(&rpc);
         TraceContextPropagator::new().inject_context(&span.context(), &mut Headers(request.headers_mut()));
         let call = self.inner.call(request);
         let started = Instant::now();
@@ -215,13 +215,44 @@ where
                     Err(e) if e.is::<tower::timeout::error::Elapsed>() => "DEADLINE_EXCEEDED",
                     Err(_) => "UNAVAILABLE",
                 };
-                metrics::histogram!("chatmesh_rpc_client_duration_seconds", "rpc" => rpc, "code" => code)
-                    .record(started.elapsed().as_secs_f64());
+                timed(Side::Client, rpc, code, started);
                 result
             }
             .instrument(span),
         )
     }
+}
+
+/// The span of a gRPC call on the caller's side.
+pub(crate) fn client_span(rpc: &str) -> tracing::Span {
+    tracing::info_span!("grpc.client", otel.name = rpc, otel.kind = "client", rpc.method = rpc)
+}
+
+/// The span of a gRPC call on the serving side (its trace id is recorded once its parent is set).
+pub(crate) fn server_span(rpc: &str) -> tracing::Span {
+    tracing::info_span!(
+        "grpc.server",
+        otel.name = rpc,
+        otel.kind = "server",
+        rpc.method = rpc,
+        trace_id = tracing::field::Empty,
+    )
+}
+
+/// Which histogram a call counts in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    Client,
+    Server,
+}
+
+/// Counts one call in `chatmesh_rpc_{client,server}_duration_seconds{rpc,code}`.
+pub(crate) fn timed(side: Side, rpc: impl Into<metrics::SharedString>, code: &'static str, started: Instant) {
+    let name = match side {
+        Side::Client => "chatmesh_rpc_client_duration_seconds",
+        Side::Server => "chatmesh_rpc_server_duration_seconds",
+    };
+    metrics::histogram!(name, "rpc" => rpc.into(), "code" => code).record(started.elapsed().as_secs_f64());
 }
 
 /// The server side: every request runs in a span that continues the caller's trace, and is
@@ -257,13 +288,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let rpc = request.uri().path().to_string();
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %rpc,
-            otel.kind = "server",
-            rpc.method = %rpc,
-            trace_id = tracing::field::Empty,
-        );
+        let span = server_span(&rpc);
         let parent = TraceContextPropagator::new().extract(&ReadHeaders(request.headers()));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
@@ -278,8 +303,7 @@ where
                     Ok(rsp) => status_of(rsp.headers()),
                     Err(_) => "INTERNAL",
                 };
-                metrics::histogram!("chatmesh_rpc_server_duration_seconds", "rpc" => rpc, "code" => code)
-                    .record(started.elapsed().as_secs_f64());
+                timed(Side::Server, rpc, code, started);
                 result
             }
             .instrument(span),
