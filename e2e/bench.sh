@@ -8,8 +8,9 @@
 #   bash e2e/bench.sh scale          # full stack as separate processes: 2 gateways, 2 transmit,
 #                                    # 2 storage, 1 user+friend+file+speech; latency, burst and a
 #                                    # group fan-out (MEMBERS=500) with members over both gateways
-#   bash e2e/bench.sh ceiling        # the dependencies alone: RabbitMQ publish+confirm, MariaDB
-#                                    # inserts, Redis round trips, at the benchmark's rate
+#   bash e2e/bench.sh ceiling        # the dependencies alone: all of a message's server work at
+#                                    # once, then RabbitMQ publish+confirm, MariaDB inserts, Redis
+#                                    # round trips, at the benchmark's rate
 #   bash e2e/bench.sh compare A B    # full-stack latency of binaries A and B in alternating rounds
 #                                    # (ROUNDS=3), with the ratios of their percentiles
 #   bash e2e/bench.sh tls            # full-stack latency with the gateway in a second process, internal
@@ -68,6 +69,7 @@ make_certs() {
 backends=()
 full_backends() {
   eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch)"
+  bash e2e/infra/clean.sh # what test runs left would make the servers work harder
   db="chatmesh_bench_$RANDOM"
   mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "CREATE DATABASE $db CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   backends=(--database-url "$CHATMESH_TEST_MYSQL_URL/$db" --redis-url "$CHATMESH_TEST_REDIS_URL" --redis-namespace "$db"
@@ -244,12 +246,13 @@ scale)
   "${load[@]}" "${two[@]}" fanout --members "${MEMBERS:-500}" --messages "${MESSAGES:-200}" --rate "${FANOUT_RATE:-20}"
   ;;
 ceiling)
-  eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq)"
+  eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch)"
+  bash e2e/infra/clean.sh
   db="chatmesh_bench_$RANDOM"
   mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "CREATE DATABASE $db CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
   echo "== dependencies alone at $rate/s for $duration (load average $(loadavg))"
   "${load[@]}" --cpu "$(cpu_pids)" ceiling --rate "$rate" --duration "$duration" --mysql-url "$CHATMESH_TEST_MYSQL_URL/$db" \
-    --amqp-url "$CHATMESH_TEST_AMQP_URL" --redis-url "$CHATMESH_TEST_REDIS_URL" --queue "$db"
+    --amqp-url "$CHATMESH_TEST_AMQP_URL" --redis-url "$CHATMESH_TEST_REDIS_URL" --queue "$db" --es-url "$CHATMESH_TEST_ES_URL"
   ;;
 *)
   echo "unknown mode $mode (standalone, full, scale, ceiling, compare, tls, abuse)" >&2

@@ -7,14 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch kube speech browser lint)"
 export CHATMESH_REQUIRE_REAL_BACKENDS=1
 
-# Each test makes its own database and indices (chatmesh_t_*); drop those of earlier runs.
-curl -fsS -X DELETE "$CHATMESH_TEST_ES_URL/chatmesh_t_*" >/dev/null || true
-mariadb -h127.0.0.1 -uchatmesh -pchatmesh -N -e "SHOW DATABASES LIKE 'chatmesh\_t\_%'" 2>/dev/null |
-  while read -r db; do mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "DROP DATABASE \`$db\`"; done || true
-
-ctl=/usr/lib/rabbitmq/bin/rabbitmqctl
-ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q list_queues name 2>/dev/null | grep -E '^chatmesh[-_]t' |
-  while read -r q; do ERL_EPMD_ADDRESS=127.0.0.1 "$ctl" -n rabbit@localhost -q delete_queue "$q" </dev/null >/dev/null; done || true
+# Each test makes its own databases, indices and queues (chatmesh_t_*): drop those of earlier
+# runs, and this run's at the end.
+bash e2e/infra/clean.sh
+trap 'bash e2e/infra/clean.sh' EXIT
 
 # The linters first: they fail in seconds where the tests take minutes.
 # Every shell script under e2e/ and .ci/ (by name or by its #! line).

@@ -2,7 +2,8 @@
 //! can be read against what the servers underneath allow on the same machine the same day:
 //! RabbitMQ persistent publish + confirm, MariaDB single-row insert and indexed select, a Redis
 //! round trip; each at the benchmark's rate (open loop), then each one's ceiling with
-//! pipelining or batching.
+//! pipelining or batching. With Elasticsearch, first everything a message costs the servers at
+//! once ([`together`]): the floor of the path's publish + confirm hop on this machine.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Servers {
     pub redis_url: String,
     /// A queue name of our own (deleted afterwards).
     pub queue: String,
+    /// Elasticsearch, for [`together`] (an index named after `queue`, deleted afterwards).
+    pub es_url: Option<String>,
 }
 
 /// Runs `op(i)` at `rate`/s for `duration` (each op in its own task, so a slow one delays no
@@ -98,6 +101,9 @@ pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) 
         "| dependency operation | rate | p50 ms | p99 ms | p99.9 ms | done | servers' CPU µs per op |\n\
          |---|---|---|---|---|---|---|"
     );
+    if let Some(es_url) = &s.es_url {
+        together(&s, es_url, rate, duration, servers).await;
+    }
 
     let publish = |ch: lapin::Channel, queue: String, body: Vec<u8>| async move {
         let props = BasicProperties::default().with_delivery_mode(2);
@@ -203,6 +209,118 @@ pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) 
         confirms.join(", ")
     );
     let _ = sqlx::query("DROP TABLE ceiling_row").execute(&pool).await;
+}
+
+/// Deliveries a storage consumer takes at once (chatmesh's `queue::BATCH`, its prefetch too).
+const STORAGE_BATCH: u16 = 200;
+
+/// What every message costs the servers in the full stack, all at once at `rate`, with no
+/// chatmesh in between: a persistent publish and its confirm on a classic v2 queue (timed, one
+/// at a time as the path makes them at this rate), while a consumer does what storage does with
+/// them: gathers deliveries for 100 ms, inserts them in one multi-row INSERT into a table shaped
+/// like `message`, indexes their text in one bulk request into an index mapped like the
+/// messages', then acknowledges them. The servers take each other's CPU here as they do under
+/// chatmesh, so its percentiles are the floor of the path's "queue publish + confirm" hop.
+async fn together(s: &Servers, es_url: &str, rate: u32, duration: Duration, servers: &[String]) {
+    const WINDOW: Duration = Duration::from_millis(100);
+    let queue = format!("{}-together", s.queue);
+    let index = format!("{}-together", s.queue.to_lowercase());
+    let table = "ceiling_message";
+    let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(&s.mysql_url).await.expect("MariaDB");
+    let ddl = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (message_id VARCHAR(40) NOT NULL PRIMARY KEY, \
+         chat_session_id VARCHAR(40) NOT NULL, user_id VARCHAR(32) NOT NULL, message_type INT NOT NULL, \
+         content MEDIUMTEXT NULL, created_at BIGINT NOT NULL, KEY (chat_session_id, created_at)) \
+         ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&pool).await.expect("table");
+    let http = reqwest::Client::new();
+    let mapping = r#"{"settings": {"index": {"refresh_interval": "5s", "number_of_replicas": 0}},
+        "mappings": {"properties": {"chat_session_id": {"type": "keyword"}, "content": {"type": "text"},
+        "created_at": {"type": "long"}}}}"#;
+    let created = http.put(format!("{es_url}/{index}")).header("content-type", "application/json").body(mapping);
+    assert!(created.send().await.expect("Elasticsearch").status().is_success(), "creating {index}");
+
+    let conn = Connection::connect(&s.amqp_url, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let mut v2 = FieldTable::default();
+    v2.insert("x-queue-version".into(), AMQPValue::LongInt(2));
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), v2).await.expect("declare");
+    let consumer = {
+        let ch = conn.create_channel().await.expect("channel");
+        ch.basic_qos(STORAGE_BATCH, BasicQosOptions::default()).await.expect("qos");
+        let mut deliveries = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "together".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let (pool, http, url) = (pool.clone(), http.clone(), format!("{es_url}/{index}/_bulk"));
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let _ch = ch;
+            let mut n = 0u64;
+            while let Some(Ok(first)) = deliveries.next().await {
+                let until = tokio::time::Instant::now() + WINDOW;
+                let mut batch = vec![first];
+                while batch.len() < STORAGE_BATCH as usize {
+                    match tokio::time::timeout_at(until, deliveries.next()).await {
+                        Ok(Some(Ok(d))) => batch.push(d),
+                        _ => break,
+                    }
+                }
+                let sql = format!(
+                    "INSERT IGNORE INTO {table} (message_id, chat_session_id, user_id, message_type, content, \
+                     created_at) VALUES {}",
+                    vec!["(?, ?, 'u', 0, ?, ?)"; batch.len()].join(", ")
+                );
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let mut bulk = String::new();
+                for d in &batch {
+                    n += 1;
+                    let (id, session) = (format!("{:016x}{n:016x}", rand_prefix()), format!("{:032x}", n % 50));
+                    let text = String::from_utf8_lossy(&d.data[..20.min(d.data.len())]).into_owned();
+                    insert = insert.bind(id.clone()).bind(session.clone()).bind(text.clone()).bind(n as i64);
+                    bulk.push_str(&format!(
+                        "{{\"index\":{{\"_id\":\"{id}\"}}}}\n{{\"chat_session_id\":\"{session}\",\
+                         \"content\":\"{text} {n}\",\"created_at\":{n}}}\n"
+                    ));
+                }
+                insert.execute(&pool).await.expect("insert");
+                let indexed = http.post(&url).header("content-type", "application/x-ndjson").body(bulk).send().await;
+                assert!(indexed.expect("bulk").status().is_success(), "bulk indexing");
+                let last = batch.last().expect("a batch has a first delivery");
+                last.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+            }
+        })
+    };
+    let body = vec![b'x'; 120];
+    let publish = |ch: lapin::Channel, queue: String, body: Vec<u8>| async move {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        match ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props).await {
+            Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+            Err(_) => false,
+        }
+    };
+    let cpu = cpu::Snapshot::take(servers);
+    let l = open_loop(rate, duration, |_| publish(ch.clone(), queue.clone(), body.clone())).await;
+    row(
+        "Everything at once: RabbitMQ persistent publish + confirm (classic v2), while a consumer \
+         inserts each 100 ms of messages into MariaDB and bulk-indexes them into Elasticsearch",
+        rate,
+        &l,
+        &cpu,
+        servers,
+    );
+    consumer.abort();
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+    let _ = http.delete(format!("{es_url}/{index}")).send().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await;
 }
 
 /// The queue kinds of RabbitMQ 3.10+, as declared: classic with the version-1 index (the

@@ -88,6 +88,9 @@ enum Mode {
         /// A queue name of its own (declared, then deleted).
         #[arg(long)]
         queue: String,
+        /// Elasticsearch: first, every server's share of a message at once (an index of its own).
+        #[arg(long)]
+        es_url: Option<String>,
     },
     /// Hold `connections` authenticated idle WebSockets; report the gateway's memory per one.
     Idle {
@@ -180,8 +183,9 @@ async fn main() {
         Mode::Fanout { members, messages, rate } => {
             fanout::run(&clients, &args.metrics, fanout::Shape { members, messages, rate }).await
         }
-        Mode::Ceiling { rate, duration, mysql_url, amqp_url, redis_url, queue } => {
-            ceiling::run(ceiling::Servers { mysql_url, amqp_url, redis_url, queue }, rate, duration, &args.cpu).await
+        Mode::Ceiling { rate, duration, mysql_url, amqp_url, redis_url, queue, es_url } => {
+            let servers = ceiling::Servers { mysql_url, amqp_url, redis_url, queue, es_url };
+            ceiling::run(servers, rate, duration, &args.cpu).await
         }
         Mode::Idle { connections, gateway_pid } => idle(client, connections, gateway_pid).await,
         Mode::Abuse { gateway_pid, logins, sockets, pushes, bodies, body_bytes } => {
