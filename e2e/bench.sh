@@ -80,13 +80,7 @@ full_backends() {
 # (database, Redis namespace, queues, indices; `compare` adds a suffix per round). Left-over
 # indices and queues would make the next run's Elasticsearch and RabbitMQ work harder.
 drop_db() {
-  [[ -n ${db:-} ]] || return 0
-  mariadb -h127.0.0.1 -uchatmesh -pchatmesh -e "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
-  [[ -z ${CHATMESH_TEST_ES_URL:-} ]] || curl -s -o /dev/null -XDELETE "$CHATMESH_TEST_ES_URL/$db*" || true
-  redis-cli --scan --pattern "$db*" | xargs -r redis-cli del >/dev/null || true
-  # rabbitmqctl reads stdin: without </dev/null the first delete would swallow the list.
-  local ctl=(/usr/lib/rabbitmq/bin/rabbitmqctl -n rabbit@localhost -q)
-  "${ctl[@]}" list_queues name 2>/dev/null | grep "^$db" | while read -r q; do "${ctl[@]}" delete_queue "$q" </dev/null >/dev/null; done || true
+  [[ -z ${db:-} ]] || bash e2e/infra/clean.sh "$db"
 }
 
 pids=()

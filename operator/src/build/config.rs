@@ -225,6 +225,8 @@ pub(super) fn env(ctx: &Ctx, target: &str, component: Option<Component>) -> Vec<
         env.extend(super::tls::env(ctx));
     }
     if let Some(component) = component {
+        let delay = super::workloads::shutdown_delay(ctx, component);
+        env.push(EnvVar { name: "CHATMESH_SHUTDOWN_DELAY".into(), value: Some(delay), ..EnvVar::default() });
         // Duplicate names would make server-side apply refuse the list (it is keyed by name).
         for extra in &component.spec(spec).env {
             env.retain(|e| e.name != extra.name);

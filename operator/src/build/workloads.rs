@@ -10,7 +10,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, LocalObjectReference,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
@@ -33,6 +33,20 @@ const UID: i64 = 65532;
 /// their next DNS refresh (every 5 s) of an answer CoreDNS may have cached for its TTL (5 s);
 /// 2 s more for the endpoint change to reach CoreDNS.
 const SHUTDOWN_DELAY_SECONDS: i64 = 12;
+
+/// `--shutdown-delay` of `component`'s pods. A replaced one (below) has no other pod to move
+/// callers to, so no reason to wait.
+pub(super) fn shutdown_delay(ctx: &Ctx, component: Component) -> String {
+    format!("{}s", if replaced(ctx, component) { 0 } else { SHUTDOWN_DELAY_SECONDS })
+}
+
+/// A ReadWriteOnce volume attaches to one node: a rolling update's new pod could wait forever
+/// for the old one's volume, so the file service is replaced instead.
+fn replaced(ctx: &Ctx, component: Component) -> bool {
+    component == Component::File
+        && ctx.spec.files.existing_claim.is_none()
+        && ctx.spec.files.access_mode == AccessMode::ReadWriteOnce
+}
 /// The delay, the services' drain (`--shutdown-grace`, 20 s) and a margin, before a SIGKILL.
 const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + 20 + 8;
 
@@ -159,21 +173,6 @@ fn pull_secrets(ctx: &Ctx) -> Option<Vec<LocalObjectReference>> {
 pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_hash: &str) -> Deployment {
     let spec = component.spec(ctx.spec);
     let name = component.name();
-    // A ReadWriteOnce volume attaches to one node: a rolling update's new pod could wait
-    // forever for the old one's volume, so the file service is replaced instead.
-    let recreate = component == Component::File
-        && ctx.spec.files.existing_claim.is_none()
-        && ctx.spec.files.access_mode == AccessMode::ReadWriteOnce;
-    let mut env = config::env(ctx, name, Some(component));
-    // Replaced, not rolled: there is no other pod to move callers to, so no reason to wait.
-    let delay = if recreate { 0 } else { SHUTDOWN_DELAY_SECONDS };
-    if !env.iter().any(|e| e.name == "CHATMESH_SHUTDOWN_DELAY") {
-        env.push(EnvVar {
-            name: "CHATMESH_SHUTDOWN_DELAY".into(),
-            value: Some(format!("{delay}s")),
-            ..EnvVar::default()
-        });
-    }
     let (tmp, tmp_mount) = tmp_volume();
     let mut volumes = vec![tmp];
     let mut mounts = vec![tmp_mount];
@@ -196,7 +195,7 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
         name: "chatmesh".into(),
         image: Some(image.into()),
         image_pull_policy: Some(ctx.spec.image.pull_policy.as_str().into()),
-        env: Some(env),
+        env: Some(config::env(ctx, name, Some(component))),
         env_from: Some(config::env_from(ctx)),
         ports: Some(
             ports(component)
@@ -232,7 +231,8 @@ pub(super) fn deployment(ctx: &Ctx, component: Component, image: &str, config_ha
             // With autoscaling the HPA owns the count: applying one would fight it.
             replicas: spec.autoscaling.is_none().then_some(spec.replicas),
             selector: LabelSelector { match_labels: Some(ctx.selector(name)), ..LabelSelector::default() },
-            strategy: recreate.then(|| DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
+            strategy: replaced(ctx, component)
+                .then(|| DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),

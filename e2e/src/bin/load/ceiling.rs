@@ -93,6 +93,15 @@ fn row(what: &str, rate: u32, l: &[f64], cpu: &cpu::Snapshot, servers: &[String]
     );
 }
 
+/// One persistent publish to `queue`, and whether the broker confirmed it.
+async fn publish(ch: lapin::Channel, queue: String, body: Vec<u8>) -> bool {
+    let props = BasicProperties::default().with_delivery_mode(2);
+    match ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props).await {
+        Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
+        Err(_) => false,
+    }
+}
+
 /// `servers`: `name:pid` of the servers, whose CPU per operation each row reports.
 pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) {
     // A message row as storage writes it: id, session, sender, time, a short text.
@@ -105,13 +114,6 @@ pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) 
         together(&s, es_url, rate, duration, servers).await;
     }
 
-    let publish = |ch: lapin::Channel, queue: String, body: Vec<u8>| async move {
-        let props = BasicProperties::default().with_delivery_mode(2);
-        match ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props).await {
-            Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
-            Err(_) => false,
-        }
-    };
     // Each queue kind RabbitMQ offers, drained by a consumer that acknowledges each message at
     // once, or 100 ms after its delivery as storage does (its batch window, insert and index): a
     // classic queue confirms a persistent message once it is on disk or acknowledged.
@@ -299,13 +301,6 @@ async fn together(s: &Servers, es_url: &str, rate: u32, duration: Duration, serv
         })
     };
     let body = vec![b'x'; 120];
-    let publish = |ch: lapin::Channel, queue: String, body: Vec<u8>| async move {
-        let props = BasicProperties::default().with_delivery_mode(2);
-        match ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props).await {
-            Ok(confirm) => matches!(confirm.await, Ok(lapin::Confirmation::Ack(_))),
-            Err(_) => false,
-        }
-    };
     let cpu = cpu::Snapshot::take(servers);
     let l = open_loop(rate, duration, |_| publish(ch.clone(), queue.clone(), body.clone())).await;
     row(
