@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::followed::{self, Followed, Follower};
+use crate::followed::{self, Cached, Followed, Follower};
 use crate::{BackendError, Database};
 
 /// Longest a cached member list is used (the bound if an announcement was lost).
@@ -38,11 +38,20 @@ impl SessionMembers {
     /// The members of `session` (sorted; empty for an unknown session).
     pub async fn of(&self, session: &str) -> Result<Arc<[String]>, BackendError> {
         let generation = match self.cache.cached(session) {
-            Ok(members) => {
+            Cached::Fresh(members) => {
                 metrics::counter!("chatmesh_membership_lookups_total", "source" => "cache").increment(1);
                 return Ok(members);
             }
-            Err(generation) => generation,
+            Cached::Renew(members, generation) => {
+                metrics::counter!("chatmesh_membership_lookups_total", "source" => "cache").increment(1);
+                let (db, session_id) = (self.db.clone(), session.to_string());
+                self.cache.renew(session, generation, async move {
+                    let members = crate::db::chat_members(&db, &session_id).await.ok()?;
+                    (!members.is_empty()).then(|| members.into())
+                });
+                return Ok(members);
+            }
+            Cached::Miss(generation) => generation,
         };
         metrics::counter!("chatmesh_membership_lookups_total", "source" => "database").increment(1);
         let members: Arc<[String]> = crate::db::chat_members(&self.db, session).await?.into();

@@ -14,7 +14,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::followed::{self, Followed, Follower};
+use crate::followed::{self, Cached, Followed, Follower};
 use crate::{BackendError, ExpiringStore};
 
 /// Longest a resolved session is used without asking the store (the bound if a revocation's
@@ -99,16 +99,24 @@ impl LoginSessions {
             return Ok(None);
         }
         let key = key(token);
-        let generation = match self.followed.as_ref().map(|f| f.cache.cached(&key)) {
-            Some(Ok((user_id, created))) if self.young(created) => return Ok(Some(user_id)),
-            Some(Ok(_)) => None,
-            Some(Err(generation)) => Some(generation),
-            None => None,
+        let generation = match self.followed.as_ref().map(|f| (f, f.cache.cached(&key))) {
+            Some((_, Cached::Fresh((user_id, created)))) if young(created, self.max_age) => return Ok(Some(user_id)),
+            Some((f, Cached::Renew((user_id, created), generation))) if young(created, self.max_age) => {
+                // Read (and touched) again off the request's path, as a miss would.
+                let (store, (key2, ttl, max_age)) = (self.store.clone(), (key.clone(), self.ttl, self.max_age));
+                f.cache.renew(&key, generation, async move {
+                    let value = store.get_touch(&key2, ttl).await.ok()??;
+                    let (user_id, created) = parse(&value);
+                    young(created, max_age).then(|| (user_id.to_string(), created))
+                });
+                return Ok(Some(user_id));
+            }
+            Some((_, Cached::Miss(generation))) => Some(generation),
+            _ => None,
         };
         let Some(value) = self.store.get_touch(&key, self.ttl).await? else { return Ok(None) };
-        let (user_id, created) = value.rsplit_once('|').unwrap_or((value.as_str(), "0"));
-        let created = created.parse::<i64>().unwrap_or(0);
-        if !self.young(created) {
+        let (user_id, created) = parse(&value);
+        if !young(created, self.max_age) {
             self.store.del(&key).await?;
             return Ok(None);
         }
@@ -116,12 +124,6 @@ impl LoginSessions {
             f.cache.remember(&key, generation, (user_id.to_string(), created));
         }
         Ok(Some(user_id.to_string()))
-    }
-
-    /// Within the absolute lifetime.
-    fn young(&self, created: i64) -> bool {
-        let age = crate::unix_now().saturating_sub(created);
-        age >= 0 && (age as u64) < self.max_age.as_secs()
     }
 
     /// Ends the session here at once, and in every following process once it hears of it.
@@ -134,6 +136,18 @@ impl LoginSessions {
         }
         Ok(())
     }
+}
+
+/// A stored session: its user id and when it was created.
+fn parse(value: &str) -> (&str, i64) {
+    let (user_id, created) = value.rsplit_once('|').unwrap_or((value, "0"));
+    (user_id, created.parse::<i64>().unwrap_or(0))
+}
+
+/// Within the absolute lifetime `max_age`.
+fn young(created: i64, max_age: Duration) -> bool {
+    let age = crate::unix_now().saturating_sub(created);
+    age >= 0 && (age as u64) < max_age.as_secs()
 }
 
 /// Tokens are stored hashed: whoever reads the store cannot use what it finds.

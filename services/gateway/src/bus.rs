@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
-use chatmesh_common::followed::{self, Followed};
+use chatmesh_common::followed::{self, Cached, Followed};
 use chatmesh_common::health::{Backoff, Health, Link};
 use chatmesh_common::telemetry::Hop;
 use chatmesh_proto::{NotifyMessage, PushEnvelope};
@@ -156,6 +156,23 @@ fn remote_push(env: PushEnvelope) -> Push {
 }
 
 impl RedisBus {
+    /// Which other gateways hold each of `users` (one pipelined round trip), remembered under
+    /// the generation each one's lookup began with.
+    async fn look_up(&self, users: Vec<(String, u64)>) -> redis::RedisResult<Vec<(String, Vec<String>)>> {
+        let mut pipe = redis::pipe();
+        let now = now_ms();
+        for (user, _) in &users {
+            pipe.zrangebyscore(self.presence_key(user), now, "+inf");
+        }
+        let gateways: Vec<Vec<String>> = pipe.query_async(&mut self.redis.clone()).await?;
+        let found = users.into_iter().zip(gateways).map(|((user, generation), mut gateways)| {
+            gateways.retain(|gw| *gw != self.gateway_id);
+            self.others.remember(&user, generation, gateways.clone());
+            (user, gateways)
+        });
+        Ok(found.collect())
+    }
+
     fn presence_key(&self, user: &str) -> String {
         format!("{}presence:{user}", self.prefix)
     }
@@ -180,25 +197,26 @@ impl RedisBus {
                 by_gateway.entry(gw).or_default().push(user.clone());
             }
         };
-        // Users not cached, each with the generation its lookup began under.
-        let mut missed = Vec::new();
+        // Users not cached, and those due for renewal, each with the generation its lookup
+        // began under.
+        let (mut missed, mut due) = (Vec::new(), Vec::new());
         for user in users {
             match self.others.cached(user) {
-                Ok(gateways) => add(user, gateways),
-                Err(generation) => missed.push((user, generation)),
+                Cached::Fresh(gateways) => add(user, gateways),
+                Cached::Renew(gateways, generation) => {
+                    add(user, gateways);
+                    due.push((user.clone(), generation));
+                }
+                Cached::Miss(generation) => missed.push((user.clone(), generation)),
             }
         }
+        if !due.is_empty() {
+            let bus = self.clone();
+            tokio::spawn(async move { bus.look_up(due).await });
+        }
         if !missed.is_empty() {
-            let mut pipe = redis::pipe();
-            let now = now_ms();
-            for (user, _) in &missed {
-                pipe.zrangebyscore(self.presence_key(user), now, "+inf");
-            }
-            let gateways: Vec<Vec<String>> = pipe.query_async(&mut self.redis.clone()).await?;
-            for ((user, generation), mut gws) in missed.into_iter().zip(gateways) {
-                gws.retain(|gw| *gw != self.gateway_id);
-                self.others.remember(user, generation, gws.clone());
-                add(user, gws);
+            for (user, gateways) in self.look_up(missed).await? {
+                add(&user, gateways);
             }
         }
         Hop::PushPresenceLookup.record(started);
@@ -388,7 +406,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         sender.send(&["u".to_string()], &NotifyMessage::default(), None).await;
-        assert_eq!(bus.others.cached("u"), Ok(vec![]), "no other gateway holds u: cached");
+        assert_eq!(bus.others.cached("u"), Cached::Fresh(vec![]), "no other gateway holds u: cached");
         sender
     }
 
@@ -416,14 +434,14 @@ mod tests {
         let (_stop, shutdown) = watch::channel(false);
         let sender = sender_caching_u_as_nowhere(&url, &namespace, shutdown.clone()).await;
         let PushBus::Redis(bus) = &sender else { panic!("a Redis bus") };
-        let before = bus.others.cached("d").unwrap_err();
+        let Cached::Miss(before) = bus.others.cached("d") else { panic!("d is not cached") };
         // The other gateway opens holding `d` only; once its restore of `d` is heard, only the
         // arrival can announce `u`.
         let there = Connections::default();
         let _d = there.register("d", "s");
         let _receiver = PushBus::open(there.clone(), &url, &namespace, shutdown, &Health::default()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while bus.others.cached("d") == Err(before) {
+        while bus.others.cached("d") == Cached::Miss(before) {
             assert!(Instant::now() < deadline, "the other gateway's restore was not heard");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -8,6 +8,7 @@ pub mod service;
 
 use std::sync::Arc;
 
+use chatmesh_common::followed::Followed;
 use chatmesh_common::grpc::GrpcChannel;
 use chatmesh_common::members::SessionMembers;
 use chatmesh_common::queue::MessageQueue;
@@ -36,7 +37,7 @@ pub struct TransmitDeps {
 pub fn service(args: &TransmitArgs, deps: TransmitDeps) -> Arc<service::Transmit> {
     Arc::new(service::Transmit {
         members: deps.members,
-        profiles: Default::default(),
+        profiles: Arc::new(Followed::unfollowed(service::PROFILE_TTL, service::PROFILE_CACHE)),
         queue: deps.queue,
         users: chatmesh_common::sized!(UserServiceClient::new(deps.users)),
         files: chatmesh_common::sized!(FileServiceClient::new(deps.files)),

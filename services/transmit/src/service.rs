@@ -1,6 +1,7 @@
 //! `MsgTransmitService.GetTransmitTarget`: validate, store attachments, number, queue, and
 //! name the recipients. Success is reported only after the queue confirmed the message.
 
+use chatmesh_common::followed::{Cached, Followed};
 use chatmesh_common::grpc::{GrpcChannel, expect_success, reply};
 use chatmesh_common::members::SessionMembers;
 use chatmesh_common::queue::MessageQueue;
@@ -19,13 +20,13 @@ use crate::error::TransmitError;
 
 /// How long a sender's profile is reused: one lookup per sender per window instead of one per
 /// message (a renamed user shows the old name on messages sent within it).
-const PROFILE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const PROFILE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Profiles carry avatar thumbnails (up to 32 KiB): this many at most.
-const PROFILE_CACHE: usize = 1024;
+pub(crate) const PROFILE_CACHE: usize = 1024;
 
 pub struct Transmit {
     pub members: Arc<SessionMembers>,
-    pub profiles: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, UserInfo)>>,
+    pub profiles: Arc<Followed<UserInfo>>,
     pub queue: Arc<dyn MessageQueue>,
     pub users: UserServiceClient<GrpcChannel>,
     pub files: FileServiceClient<GrpcChannel>,
@@ -147,24 +148,26 @@ impl Transmit {
     }
 
     async fn sender(&self, user_id: &str) -> Result<UserInfo, TransmitError> {
-        if let Some((at, info)) = self.profiles.lock().unwrap_or_else(|e| e.into_inner()).get(user_id)
-            && at.elapsed() < PROFILE_TTL
-        {
-            return Ok(info.clone());
-        }
-        let req = GetMultiUserInfoReq { request_id: chatmesh_common::new_id(), users_id: vec![user_id.to_string()] };
-        let mut rsp = expect_success(self.users.clone().get_multi_user_info(req).await)?;
-        let info = rsp
-            .users_info
-            .remove(user_id)
-            .unwrap_or_else(|| UserInfo { user_id: user_id.into(), ..Default::default() });
-        let mut profiles = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
-        if profiles.len() >= PROFILE_CACHE {
-            profiles.retain(|_, (at, _)| at.elapsed() < PROFILE_TTL);
-        }
-        profiles.insert(user_id.to_string(), (std::time::Instant::now(), info.clone()));
+        let generation = match self.profiles.cached(user_id) {
+            Cached::Fresh(info) => return Ok(info),
+            Cached::Renew(info, generation) => {
+                let (users, user_id2) = (self.users.clone(), user_id.to_string());
+                self.profiles.renew(user_id, generation, async move { profile(users, user_id2).await.ok() });
+                return Ok(info);
+            }
+            Cached::Miss(generation) => generation,
+        };
+        let info = profile(self.users.clone(), user_id.to_string()).await?;
+        self.profiles.remember(user_id, generation, info.clone());
         Ok(info)
     }
+}
+
+/// `user_id`'s profile from the user service (an empty one for an unknown user).
+async fn profile(mut users: UserServiceClient<GrpcChannel>, user_id: String) -> Result<UserInfo, TransmitError> {
+    let req = GetMultiUserInfoReq { request_id: chatmesh_common::new_id(), users_id: vec![user_id.clone()] };
+    let mut rsp = expect_success(users.get_multi_user_info(req).await)?;
+    Ok(rsp.users_info.remove(&user_id).unwrap_or_else(|| UserInfo { user_id, ..Default::default() }))
 }
 
 fn actual_name(content: &MsgContent) -> &'static str {
