@@ -11,6 +11,9 @@
 #   bash e2e/bench.sh ceiling        # the dependencies alone: all of a message's server work at
 #                                    # once, then RabbitMQ publish+confirm, MariaDB inserts, Redis
 #                                    # round trips, at the benchmark's rate
+#   bash e2e/bench.sh floor          # full-stack latency beside the servers' floor (the ceiling's
+#                                    # first row), alternating in ROUNDS=3 rounds, with the share of
+#                                    # the cores the host's hypervisor took (steal) in each
 #   bash e2e/bench.sh compare A B    # full-stack latency of binaries A and B in alternating rounds
 #                                    # (ROUNDS=3), with the ratios of their percentiles
 #   bash e2e/bench.sh tls            # full-stack latency with the gateway in a second process, internal
@@ -239,6 +242,34 @@ scale)
   echo "== group fan-out: ${MEMBERS:-500} members over 2 gateways (load average $(loadavg))"
   "${load[@]}" "${two[@]}" fanout --members "${MEMBERS:-500}" --messages "${MESSAGES:-200}" --rate "${FANOUT_RATE:-20}"
   ;;
+floor)
+  full_backends
+  out="$dir/floor"
+  mkdir -p "$out"
+  for round in $(seq "${ROUNDS:-3}"); do
+    echo "== round $round: the servers alone, everything a message costs them at $rate/s (load average $(loadavg))"
+    "${load[@]}" --cpu "$(cpu_pids)" ceiling --floor-only --rate "$rate" --duration "$duration" \
+      --mysql-url "$CHATMESH_TEST_MYSQL_URL/$db" --amqp-url "$CHATMESH_TEST_AMQP_URL" \
+      --redis-url "$CHATMESH_TEST_REDIS_URL" --queue "${db}_floor$round" --es-url "$CHATMESH_TEST_ES_URL" |
+      tee "$out/floor$round"
+    ns=("${backends[@]}")
+    ns[5]="${db}_full$round"
+    ns[9]="${db}_full$round"
+    start 19099 --target all "${common[@]}" "${ns[@]}" $(ports 19000) $(addrs 19000)
+    echo "== round $round: the full stack at $rate msg/s (load average $(loadavg))"
+    "${load[@]}" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics \
+      --cpu "$(cpu_pids)" messages --rate "$rate" --duration "$duration" | tee "$out/full$round"
+    stop_all
+  done
+  echo "| round | servers alone: p50 / p99 / p99.9 ms | stolen | full stack: p50 / p99 / p99.9 ms | stolen |"
+  echo "|---|---|---|---|---|"
+  for round in $(seq "${ROUNDS:-3}"); do
+    floor=$(awk -F'|' '/Everything at once/ { gsub(/ /, ""); print $4 " / " $5 " / " $6 }' "$out/floor$round")
+    full=$(awk '/push latency ms/ { print $5 " / " $7 " / " $9 }' "$out/full$round")
+    stolen() { grep -o 'stolen by the host [0-9]*%' "$1" | grep -o '[0-9]*%'; }
+    echo "| $round | $floor | $(stolen "$out/floor$round") | $full | $(stolen "$out/full$round") |"
+  done
+  ;;
 ceiling)
   eval "$(bash e2e/infra/up.sh mariadb redis rabbitmq elasticsearch)"
   bash e2e/infra/clean.sh
@@ -249,7 +280,7 @@ ceiling)
     --amqp-url "$CHATMESH_TEST_AMQP_URL" --redis-url "$CHATMESH_TEST_REDIS_URL" --queue "$db" --es-url "$CHATMESH_TEST_ES_URL"
   ;;
 *)
-  echo "unknown mode $mode (standalone, full, scale, ceiling, compare, tls, abuse)" >&2
+  echo "unknown mode $mode (standalone, full, scale, ceiling, floor, compare, tls, abuse)" >&2
   exit 2
   ;;
 esac

@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
-use super::{cpu, percentile};
+use super::{STALL_MS, cpu, percentile, stalls};
 
 pub struct Servers {
     pub mysql_url: String,
@@ -30,8 +30,8 @@ pub struct Servers {
 }
 
 /// Runs `op(i)` at `rate`/s for `duration` (each op in its own task, so a slow one delays no
-/// other); the latencies in ms of those that succeeded, sorted.
-async fn open_loop<F, Fut>(rate: u32, duration: Duration, op: F) -> Vec<f64>
+/// other); for each that succeeded, when it started (s since the first) and its latency in ms.
+async fn open_loop<F, Fut>(rate: u32, duration: Duration, op: F) -> Vec<(f64, f64)>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
@@ -45,14 +45,14 @@ where
         let fut = op(i);
         tasks.spawn(async move {
             let at = Instant::now();
-            fut.await.then(|| at.elapsed().as_secs_f64() * 1000.0)
+            let ok = fut.await;
+            ok.then(|| ((at - started).as_secs_f64(), at.elapsed().as_secs_f64() * 1000.0))
         });
     }
     let mut out = Vec::with_capacity(total);
     while let Some(r) = tasks.join_next().await {
         out.extend(r.unwrap());
     }
-    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
     out
 }
 
@@ -81,8 +81,11 @@ where
     ok as f64 / started.elapsed().as_secs_f64()
 }
 
-/// One table row: the latencies of `l`, and the servers' CPU per operation since `cpu`.
-fn row(what: &str, rate: u32, l: &[f64], cpu: &cpu::Snapshot, servers: &[String]) {
+/// One table row: the latencies of `timeline`, and the servers' CPU per operation since `cpu`.
+fn row(what: &str, rate: u32, timeline: &[(f64, f64)], cpu: &cpu::Snapshot, servers: &[String]) {
+    let mut l: Vec<f64> = timeline.iter().map(|&(_, l)| l).collect();
+    l.sort_by(f64::total_cmp);
+    let l = &l;
     println!(
         "| {what} | {rate}/s | {:.3} | {:.3} | {:.3} | {} | {:.0} |",
         percentile(l, 0.5),
@@ -103,15 +106,25 @@ async fn publish(ch: lapin::Channel, queue: String, body: Vec<u8>) -> bool {
 }
 
 /// `servers`: `name:pid` of the servers, whose CPU per operation each row reports.
-pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) {
+/// `floor_only`: the first row ([`together`]) alone.
+pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String], floor_only: bool) {
     // A message row as storage writes it: id, session, sender, time, a short text.
     let body = vec![b'x'; 120];
     println!(
         "| dependency operation | rate | p50 ms | p99 ms | p99.9 ms | done | servers' CPU µs per op |\n\
          |---|---|---|---|---|---|---|"
     );
-    if let Some(es_url) = &s.es_url {
-        together(&s, es_url, rate, duration, servers).await;
+    let cpu_before = cpu::Snapshot::take(servers);
+    let together = match &s.es_url {
+        Some(es_url) => Some(together(&s, es_url, rate, duration, servers).await),
+        None => None,
+    };
+    if floor_only {
+        println!("everything at once, confirms {}", together.unwrap_or_default());
+        // Set-up and clean-up included: an index and a queue made and deleted.
+        let ops = (rate as f64 * duration.as_secs_f64()) as usize;
+        print!("CPU of the whole row:\n{}", cpu::Snapshot::take(servers).table_since(&cpu_before, ops));
+        return;
     }
 
     // Each queue kind RabbitMQ offers, drained by a consumer that acknowledges each message at
@@ -210,6 +223,9 @@ pub async fn run(s: Servers, rate: u32, duration: Duration, servers: &[String]) 
          INSERTs/s (16 connections), {rows:.0} rows/s in 100-row INSERTs (4 connections)",
         confirms.join(", ")
     );
+    if let Some(stalls) = together {
+        println!("everything at once, confirms {stalls}");
+    }
     let _ = sqlx::query("DROP TABLE ceiling_row").execute(&pool).await;
 }
 
@@ -223,7 +239,8 @@ const STORAGE_BATCH: u16 = 200;
 /// like `message`, indexes their text in one bulk request into an index mapped like the
 /// messages', then acknowledges them. The servers take each other's CPU here as they do under
 /// chatmesh, so its percentiles are the floor of the path's "queue publish + confirm" hop.
-async fn together(s: &Servers, es_url: &str, rate: u32, duration: Duration, servers: &[String]) {
+/// Returns its [`stalls`] line.
+async fn together(s: &Servers, es_url: &str, rate: u32, duration: Duration, servers: &[String]) -> String {
     const WINDOW: Duration = Duration::from_millis(100);
     let queue = format!("{}-together", s.queue);
     let index = format!("{}-together", s.queue.to_lowercase());
@@ -316,6 +333,7 @@ async fn together(s: &Servers, es_url: &str, rate: u32, duration: Duration, serv
     let _ = conn.close(200, "done".into()).await;
     let _ = http.delete(format!("{es_url}/{index}")).send().await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await;
+    stalls(&l, STALL_MS)
 }
 
 /// The queue kinds of RabbitMQ 3.10+, as declared: classic with the version-1 index (the

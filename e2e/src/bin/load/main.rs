@@ -91,6 +91,9 @@ enum Mode {
         /// Elasticsearch: first, every server's share of a message at once (an index of its own).
         #[arg(long)]
         es_url: Option<String>,
+        /// Only that first row (needs --es-url): the floor beside each full-stack round.
+        #[arg(long, requires = "es_url")]
+        floor_only: bool,
     },
     /// Hold `connections` authenticated idle WebSockets; report the gateway's memory per one.
     Idle {
@@ -127,6 +130,40 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc status")
+}
+
+/// Messages slower than this are grouped into stalls by [`stalls`] (the p99.9 goal).
+const STALL_MS: f64 = 10.0;
+
+/// The slow samples among `(sent at, s since the start; latency, ms)`, grouped into stalls:
+/// a stall holds every sample over `above` sent within 50 ms of the previous one. One stall
+/// of D ms delays about D messages at 1,000/s, so the run's p99.9 tells how many there were
+/// and when (a period points at a timer: an index refresh, a flush), not only how bad.
+fn stalls(samples: &[(f64, f64)], above: f64) -> String {
+    let mut slow: Vec<(f64, f64)> = samples.iter().copied().filter(|&(_, l)| l > above).collect();
+    slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut groups: Vec<(f64, usize, f64)> = Vec::new(); // (start s, messages, worst ms)
+    let mut last = f64::NEG_INFINITY;
+    for (at, l) in slow.iter().copied() {
+        match groups.last_mut() {
+            Some(g) if at - last <= 0.05 => {
+                g.1 += 1;
+                g.2 = g.2.max(l);
+            }
+            _ => groups.push((at, 1, l)),
+        }
+        last = at;
+    }
+    let listed: Vec<String> =
+        groups.iter().take(12).map(|(at, n, worst)| format!("{at:.2}s ({n}, worst {worst:.1})")).collect();
+    let more = if groups.len() > 12 { ", ..." } else { "" };
+    format!(
+        "over {above} ms: {} in {} stall(s){}{}{more}",
+        slow.len(),
+        groups.len(),
+        if listed.is_empty() { "" } else { " at " },
+        listed.join(", ")
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -183,9 +220,9 @@ async fn main() {
         Mode::Fanout { members, messages, rate } => {
             fanout::run(&clients, &args.metrics, fanout::Shape { members, messages, rate }).await
         }
-        Mode::Ceiling { rate, duration, mysql_url, amqp_url, redis_url, queue, es_url } => {
+        Mode::Ceiling { rate, duration, mysql_url, amqp_url, redis_url, queue, es_url, floor_only } => {
             let servers = ceiling::Servers { mysql_url, amqp_url, redis_url, queue, es_url };
-            ceiling::run(servers, rate, duration, &args.cpu).await
+            ceiling::run(servers, rate, duration, &args.cpu, floor_only).await
         }
         Mode::Idle { connections, gateway_pid } => idle(client, connections, gateway_pid).await,
         Mode::Abuse { gateway_pid, logins, sockets, pushes, bodies, body_bytes } => {
@@ -422,7 +459,8 @@ async fn messages(
     eprintln!("setting up {pairs} pairs of users over {} gateway(s)...", clients.len());
     let client = clients[0].clone();
     let mut chats = Vec::new();
-    let (latency_tx, mut latency_rx) = mpsc::unbounded_channel::<f64>();
+    // (when sent, µs since the epoch; push latency, ms)
+    let (latency_tx, mut latency_rx) = mpsc::unbounded_channel::<(u128, f64)>();
     for i in 0..pairs {
         let (a_id, a) = user(&client, "loada", i).await;
         let (b_id, b) = user(&client, "loadb", i).await;
@@ -434,13 +472,32 @@ async fn messages(
         let ws = clients[(i + 1) % clients.len()].notifications("/ws", &b).await.expect("websocket");
         let tx = latency_tx.clone();
         on_text_number(ws, "t:", move |sent| {
-            let _ = tx.send((now_micros().saturating_sub(sent)) as f64 / 1000.0);
+            let _ = tx.send((sent, now_micros().saturating_sub(sent) as f64 / 1000.0));
         });
         chats.push((clients[i % clients.len()].clone(), a, chat, b));
     }
     drop(latency_tx);
     let chats = Arc::new(chats);
     tokio::time::sleep(Duration::from_millis(300)).await; // presence of the last sockets settles
+    // A chat's first message meets every cache cold (the sender's session, the members, the
+    // sender's profile, the recipient's presence): 50 of them at once would be a start-up
+    // transient, not the steady state measured. Sent one at a time before the measured
+    // window, reported on their own, and stored before it begins.
+    let stored_before = hops::counter(metrics, STORED).await;
+    let mut cold = Vec::new();
+    for (client, a, chat, _) in chats.iter() {
+        let at = Instant::now();
+        client.send(a, chat, text_message("cold")).await.expect("a chat's first message");
+        cold.push(at.elapsed().as_secs_f64() * 1000.0);
+    }
+    cold.sort_by(f64::total_cmp);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics.is_empty()
+        && hops::counter(metrics, STORED).await - stored_before < chats.len() as f64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = hops::scrape(metrics).await;
     let stored_before = hops::counter(metrics, STORED).await;
     let cpu_before = cpu::Snapshot::take(processes);
@@ -449,6 +506,7 @@ async fn messages(
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
+    let started_micros = now_micros();
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..total {
         // Open loop: message i leaves at i * interval, whatever the replies do.
@@ -494,7 +552,7 @@ async fn messages(
     let (stored, readable_secs) = loop {
         let mut stored = 0usize;
         for (_, _, chat, b) in chats.iter() {
-            stored += stored_in(&client, b, chat).await;
+            stored += stored_in(&client, b, chat).await.saturating_sub(1); // not its first message
         }
         if stored >= acked || Instant::now() > deadline {
             break (stored, started.elapsed().as_secs_f64());
@@ -507,10 +565,11 @@ async fn messages(
         _ => (readable_secs, cpu::Snapshot::take(processes)),
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut latencies = Vec::new();
-    while let Ok(l) = latency_rx.try_recv() {
-        latencies.push(l);
+    let mut timeline = Vec::new();
+    while let Ok((sent, l)) = latency_rx.try_recv() {
+        timeline.push((sent.saturating_sub(started_micros) as f64 / 1e6, l));
     }
+    let mut latencies: Vec<f64> = timeline.iter().map(|&(_, l)| l).collect();
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     acks.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("sent {total} in {send_secs:.1}s ({:.0} msg/s offered), acknowledged {acked}", total as f64 / send_secs);
@@ -521,6 +580,12 @@ async fn messages(
         percentile(&latencies, 0.999),
         latencies.last().copied().unwrap_or(f64::NAN),
         latencies.len()
+    );
+    println!("push latency {}", stalls(&timeline, STALL_MS));
+    println!(
+        "each chat's first message, before the run (cold caches, one at a time): acknowledged in p50 {:.2} ms, max {:.2} ms",
+        percentile(&cold, 0.5),
+        cold.last().copied().unwrap_or(f64::NAN)
     );
     println!(
         "send acknowledgement ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}",
