@@ -141,6 +141,9 @@ const STALL_MS: f64 = 10.0;
 /// and when (a period points at a timer: an index refresh, a flush), not only how bad.
 fn stalls(samples: &[(f64, f64)], above: f64) -> String {
     let mut slow: Vec<(f64, f64)> = samples.iter().copied().filter(|&(_, l)| l > above).collect();
+    if slow.len() * 10 > samples.len() {
+        return format!("over {above} ms: {} of {} (saturated: no stalls to tell apart)", slow.len(), samples.len());
+    }
     slow.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut groups: Vec<(f64, usize, f64)> = Vec::new(); // (start s, messages, worst ms)
     let mut last = f64::NEG_INFINITY;
