@@ -79,6 +79,14 @@ full_backends() {
     --amqp-url "$CHATMESH_TEST_AMQP_URL" --amqp-queue "$db" --search-url "$CHATMESH_TEST_ES_URL"
     --search-index-prefix "$db")
 }
+# ns: the backends with a Redis namespace and queue of their own (`_<suffix>`), for rounds of
+# `compare` and `floor`: no round inherits another's backlog.
+ns=()
+renamed() {
+  ns=("${backends[@]}")
+  ns[5]="${db}_$1"
+  ns[9]="${db}_$1"
+}
 # Benchmarks leave nothing behind in the shared servers: every name they use starts with $db
 # (database, Redis namespace, queues, indices; `compare` adds a suffix per round). Left-over
 # indices and queues would make the next run's Elasticsearch and RabbitMQ work harder.
@@ -185,10 +193,7 @@ compare)
     for side in A B; do
       chatmesh=$a
       [[ $side == B ]] && chatmesh=$b
-      # A fresh namespace and queue per round: no round inherits another's backlog.
-      ns=("${backends[@]}")
-      ns[5]="${db}_$side$round"
-      ns[9]="${db}_$side$round"
+      renamed "$side$round"
       start 19099 --target all "${common[@]}" "${ns[@]}" $(ports 19000) $(addrs 19000) "${tls[@]}"
       echo "== round $round, $side ($chatmesh), load average $(loadavg)"
       "${load[@]}" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics \
@@ -252,9 +257,7 @@ floor)
       --mysql-url "$CHATMESH_TEST_MYSQL_URL/$db" --amqp-url "$CHATMESH_TEST_AMQP_URL" \
       --redis-url "$CHATMESH_TEST_REDIS_URL" --queue "${db}_floor$round" --es-url "$CHATMESH_TEST_ES_URL" |
       tee "$out/floor$round"
-    ns=("${backends[@]}")
-    ns[5]="${db}_full$round"
-    ns[9]="${db}_full$round"
+    renamed "full$round"
     start 19099 --target all "${common[@]}" "${ns[@]}" $(ports 19000) $(addrs 19000)
     echo "== round $round: the full stack at $rate msg/s (load average $(loadavg))"
     "${load[@]}" --http http://127.0.0.1:19000 --ws ws://127.0.0.1:19001 --metrics http://127.0.0.1:19099/metrics \
@@ -263,10 +266,10 @@ floor)
   done
   echo "| round | servers alone: p50 / p99 / p99.9 ms | stolen | full stack: p50 / p99 / p99.9 ms | stolen |"
   echo "|---|---|---|---|---|"
+  stolen() { grep -o 'stolen by the host [0-9]*%' "$1" | grep -o '[0-9]*%'; }
   for round in $(seq "${ROUNDS:-3}"); do
     floor=$(awk -F'|' '/Everything at once/ { gsub(/ /, ""); print $4 " / " $5 " / " $6 }' "$out/floor$round")
     full=$(awk '/push latency ms/ { print $5 " / " $7 " / " $9 }' "$out/full$round")
-    stolen() { grep -o 'stolen by the host [0-9]*%' "$1" | grep -o '[0-9]*%'; }
     echo "| $round | $floor | $(stolen "$out/floor$round") | $full | $(stolen "$out/full$round") |"
   done
   ;;

@@ -46,8 +46,7 @@ impl SessionMembers {
                 metrics::counter!("chatmesh_membership_lookups_total", "source" => "cache").increment(1);
                 let (db, session_id) = (self.db.clone(), session.to_string());
                 self.cache.renew(session, generation, async move {
-                    let members = crate::db::chat_members(&db, &session_id).await.ok()?;
-                    (!members.is_empty()).then(|| members.into())
+                    crate::db::chat_members(&db, &session_id).await.ok().filter(|m| !m.is_empty()).map(Into::into)
                 });
                 return Ok(members);
             }
@@ -55,7 +54,7 @@ impl SessionMembers {
         };
         metrics::counter!("chatmesh_membership_lookups_total", "source" => "database").increment(1);
         let members: Arc<[String]> = crate::db::chat_members(&self.db, session).await?.into();
-        // Unknown sessions are not remembered: ids are random, and a miss costs one read.
+        // Unknown sessions are not remembered (nor renewed): ids are random, and a miss costs one read.
         if !members.is_empty() {
             self.cache.remember(session, generation, members.clone());
         }

@@ -103,27 +103,24 @@ impl LoginSessions {
             Some((_, Cached::Fresh((user_id, created)))) if young(created, self.max_age) => return Ok(Some(user_id)),
             Some((f, Cached::Renew((user_id, created), generation))) if young(created, self.max_age) => {
                 // Read (and touched) again off the request's path, as a miss would.
-                let (store, (key2, ttl, max_age)) = (self.store.clone(), (key.clone(), self.ttl, self.max_age));
+                let (store, stored_as, ttl, max_age) = (self.store.clone(), key.clone(), self.ttl, self.max_age);
                 f.cache.renew(&key, generation, async move {
-                    let value = store.get_touch(&key2, ttl).await.ok()??;
-                    let (user_id, created) = parse(&value);
-                    young(created, max_age).then(|| (user_id.to_string(), created))
+                    read(store.as_ref(), &stored_as, ttl).await.ok()?.filter(|(_, created)| young(*created, max_age))
                 });
                 return Ok(Some(user_id));
             }
             Some((_, Cached::Miss(generation))) => Some(generation),
             _ => None,
         };
-        let Some(value) = self.store.get_touch(&key, self.ttl).await? else { return Ok(None) };
-        let (user_id, created) = parse(&value);
+        let Some((user_id, created)) = read(self.store.as_ref(), &key, self.ttl).await? else { return Ok(None) };
         if !young(created, self.max_age) {
             self.store.del(&key).await?;
             return Ok(None);
         }
         if let (Some(f), Some(generation)) = (&self.followed, generation) {
-            f.cache.remember(&key, generation, (user_id.to_string(), created));
+            f.cache.remember(&key, generation, (user_id.clone(), created));
         }
-        Ok(Some(user_id.to_string()))
+        Ok(Some(user_id))
     }
 
     /// Ends the session here at once, and in every following process once it hears of it.
@@ -138,10 +135,12 @@ impl LoginSessions {
     }
 }
 
-/// A stored session: its user id and when it was created.
-fn parse(value: &str) -> (&str, i64) {
-    let (user_id, created) = value.rsplit_once('|').unwrap_or((value, "0"));
-    (user_id, created.parse::<i64>().unwrap_or(0))
+/// The session stored under `key`, its life extended to `ttl`: its user id and when it was
+/// created.
+async fn read(store: &dyn ExpiringStore, key: &str, ttl: Duration) -> Result<Option<(String, i64)>, BackendError> {
+    let Some(value) = store.get_touch(key, ttl).await? else { return Ok(None) };
+    let (user_id, created) = value.rsplit_once('|').unwrap_or((value.as_str(), "0"));
+    Ok(Some((user_id.to_string(), created.parse::<i64>().unwrap_or(0))))
 }
 
 /// Within the absolute lifetime `max_age`.
