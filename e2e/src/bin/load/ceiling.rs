@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
-use super::{STALL_MS, cpu, percentile, stalls};
+use super::{cpu, percentile, sorted_latencies, stalls};
 
 pub struct Servers {
     pub mysql_url: String,
@@ -83,9 +83,7 @@ where
 
 /// One table row: the latencies of `timeline`, and the servers' CPU per operation since `cpu`.
 fn row(what: &str, rate: u32, timeline: &[(f64, f64)], cpu: &cpu::Snapshot, servers: &[String]) {
-    let mut l: Vec<f64> = timeline.iter().map(|&(_, l)| l).collect();
-    l.sort_by(f64::total_cmp);
-    let l = &l;
+    let l = &sorted_latencies(timeline);
     println!(
         "| {what} | {rate}/s | {:.3} | {:.3} | {:.3} | {} | {:.0} |",
         percentile(l, 0.5),
@@ -333,7 +331,7 @@ async fn together(s: &Servers, es_url: &str, rate: u32, duration: Duration, serv
     let _ = conn.close(200, "done".into()).await;
     let _ = http.delete(format!("{es_url}/{index}")).send().await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await;
-    stalls(&l, STALL_MS)
+    stalls(&l)
 }
 
 /// The queue kinds of RabbitMQ 3.10+, as declared: classic with the version-1 index (the

@@ -136,10 +136,11 @@ fn rss_kib(pid: u32) -> u64 {
 const STALL_MS: f64 = 10.0;
 
 /// The slow samples among `(sent at, s since the start; latency, ms)`, grouped into stalls:
-/// a stall holds every sample over `above` sent within 50 ms of the previous one. One stall
+/// a stall holds every sample over [`STALL_MS`] sent within 50 ms of the previous one. One stall
 /// of D ms delays about D messages at 1,000/s, so the run's p99.9 tells how many there were
 /// and when (a period points at a timer: an index refresh, a flush), not only how bad.
-fn stalls(samples: &[(f64, f64)], above: f64) -> String {
+fn stalls(samples: &[(f64, f64)]) -> String {
+    let above = STALL_MS;
     let mut slow: Vec<(f64, f64)> = samples.iter().copied().filter(|&(_, l)| l > above).collect();
     if slow.len() * 10 > samples.len() {
         return format!("over {above} ms: {} of {} (saturated: no stalls to tell apart)", slow.len(), samples.len());
@@ -167,6 +168,13 @@ fn stalls(samples: &[(f64, f64)], above: f64) -> String {
         if listed.is_empty() { "" } else { " at " },
         listed.join(", ")
     )
+}
+
+/// The latencies of a timeline of `(when, latency)`, sorted.
+fn sorted_latencies(timeline: &[(f64, f64)]) -> Vec<f64> {
+    let mut l: Vec<f64> = timeline.iter().map(|&(_, l)| l).collect();
+    l.sort_by(f64::total_cmp);
+    l
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -494,13 +502,7 @@ async fn messages(
         cold.push(at.elapsed().as_secs_f64() * 1000.0);
     }
     cold.sort_by(f64::total_cmp);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !metrics.is_empty()
-        && hops::counter(metrics, STORED).await - stored_before < chats.len() as f64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stored_by(metrics, stored_before, chats.len(), Instant::now() + Duration::from_secs(10)).await;
     let before = hops::scrape(metrics).await;
     let stored_before = hops::counter(metrics, STORED).await;
     let cpu_before = cpu::Snapshot::take(processes);
@@ -541,17 +543,9 @@ async fn messages(
     // History alone was the measure until 12-02: each look read every message of the run, and
     // those reads ran on the cores they measured (seconds after storage had caught up).
     let deadline = started + duration * 10;
-    let mut counted_at = None;
-    if !metrics.is_empty() {
-        while Instant::now() < deadline {
-            if hops::counter(metrics, STORED).await - stored_before >= acked as f64 {
-                counted_at = Some((started.elapsed().as_secs_f64(), cpu::Snapshot::take(processes)));
-                break;
-            }
-            // Each look renders every process's metrics: often enough, not a load of its own.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let counted_at = stored_by(metrics, stored_before, acked, deadline)
+        .await
+        .then(|| (started.elapsed().as_secs_f64(), cpu::Snapshot::take(processes)));
     let (stored, readable_secs) = loop {
         let mut stored = 0usize;
         for (_, _, chat, b) in chats.iter() {
@@ -572,8 +566,7 @@ async fn messages(
     while let Ok((sent, l)) = latency_rx.try_recv() {
         timeline.push((sent.saturating_sub(started_micros) as f64 / 1e6, l));
     }
-    let mut latencies: Vec<f64> = timeline.iter().map(|&(_, l)| l).collect();
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let latencies = sorted_latencies(&timeline);
     acks.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("sent {total} in {send_secs:.1}s ({:.0} msg/s offered), acknowledged {acked}", total as f64 / send_secs);
     println!(
@@ -584,7 +577,7 @@ async fn messages(
         latencies.last().copied().unwrap_or(f64::NAN),
         latencies.len()
     );
-    println!("push latency {}", stalls(&timeline, STALL_MS));
+    println!("push latency {}", stalls(&timeline));
     println!(
         "each chat's first message, before the run (cold caches, one at a time): acknowledged in p50 {:.2} ms, max {:.2} ms",
         percentile(&cold, 0.5),
@@ -612,6 +605,19 @@ static FAILED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::
 
 /// The storage services' counter of committed messages.
 const STORED: &str = "chatmesh_messages_stored_total";
+
+/// Whether the storage services counted `n` more committed messages than `before` by
+/// `deadline` (never, without processes to ask).
+async fn stored_by(metrics: &[String], before: f64, n: usize, deadline: Instant) -> bool {
+    while !metrics.is_empty() && Instant::now() < deadline {
+        if hops::counter(metrics, STORED).await - before >= n as f64 {
+            return true;
+        }
+        // Each look renders every process's metrics: often enough, not a load of its own.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
 
 /// The per-hop table of what happened since `before`, when there are processes to ask.
 async fn print_hops(metrics: &[String], before: &hops::Snapshot) {
